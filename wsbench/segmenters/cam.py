@@ -1,0 +1,156 @@
+"""Class-activation-map family in 3-D: CAM, Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM.
+
+Every method combines the activations ``A`` ``(B, C, d, h, w)`` of the predictor's
+:meth:`~wsbench.interfaces.Predictor.target_layer` with the gradient ``G = dy/dA`` of the
+nodule logit ``y`` (one forward + one backward pass for the whole batch, see
+:mod:`~wsbench.segmenters.layer_capture`), then upsamples the ``(B, d, h, w)`` map
+trilinearly to the patch grid. 2-D slice predictors are supported through
+:meth:`~wsbench.interfaces.Predictor.features_to_volume` (``(B*D, C, h, w)`` →
+``(B, C, D, h, w)``): channel weights are then pooled over the whole volume.
+
+Conventions, as in the original papers (Σ_k sums over the ``d·h·w`` positions):
+
+* ``cam`` — Zhou et al., *Learning Deep Features for Discriminative Localization*, CVPR 2016:
+  ``M = Σ_c w_c A_c`` with the GAP→linear head weights (:meth:`Predictor.cam_head`); no ReLU.
+* ``gradcam`` — Selvaraju et al., *Grad-CAM*, ICCV 2017: ``α_c = mean_k G_c^k``,
+  ``M = ReLU(Σ_c α_c A_c)``.
+* ``gradcam++`` — Chattopadhay et al., *Grad-CAM++*, WACV 2018 (eq. 19, the exponential-score
+  closed form with powers of the first gradient): ``a_c^k = G² / (2G² + Σ_k A_c^k · G³)``,
+  ``w_c = Σ_k a_c^k ReLU(G_c^k)``, ``M = ReLU(Σ_c w_c A_c)``.
+* ``xgradcam`` — Fu et al., *Axiom-based Grad-CAM*, BMVC 2020:
+  ``w_c = Σ_k (A_c^k / Σ_k A_c^k) G_c^k``, ``M = ReLU(Σ_c w_c A_c)``.
+* ``layercam`` — Jiang et al., *LayerCAM*, IEEE TIP 2021: ``M = ReLU(Σ_c ReLU(G_c) ⊙ A_c)``.
+* ``hirescam`` — Draelos & Carin, *Use HiResCAM instead of Grad-CAM*, 2020:
+  ``M = Σ_c G_c ⊙ A_c`` (no ReLU in the definition; pytorch-grad-cam clamps it, we do not —
+  the binarisation is fitted per method anyway).
+
+Why own code rather than captum or MONAI (measured by ``benchmarks/segmenters.py --cam-speed``
+on this machine's CPU, batch 8 of 32³ patches, a 4-layer 3-D CNN, median of 20 runs):
+captum has only ``LayerGradCam`` (no ++/X/Layer/HiRes variants), MONAI has ``CAM``, ``GradCAM``,
+``GradCAMpp`` (min-max normalised per map, via a class-index interface that expects ``(B, K)``
+logits), and pytorch-grad-cam breaks on 5-D input for ++/X/LayerCAM (FACTS.md). Our
+Grad-CAM equals captum's ``LayerGradCam`` + trilinear ``LayerAttribution.interpolate`` and our
+Grad-CAM++ equals MONAI's ``GradCAMpp`` after min-max normalisation (both asserted in
+tests/test_segmenters.py). Timings (s per batch): see the table in the module-level constant
+:data:`SPEED_NOTE`.
+
+Example::
+
+    >>> seg = GradCAMSegmenter()
+    >>> maps = seg.segment(x, predictor)          # x: (B, 1, 32, 32, 32) → (B, 32, 32, 32)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wsbench.errors import WsbenchError
+from wsbench.interfaces import Segmenter
+from wsbench.segmenters.layer_capture import capture_layer
+from wsbench.segmenters.maps import finite, upsample_to
+
+#: Filled in from the measurement recorded in the report (see module docstring).
+SPEED_NOTE = "see benchmarks/segmenters.py --cam-speed"
+
+_SPATIAL = (2, 3, 4)
+
+
+class _CamSegmenter(Segmenter):
+    """Shared driver: capture, combine (subclass), upsample to the patch grid."""
+
+    needs_predictor = True
+    needs_generator = False
+    uses_gradients = True
+
+    def combine(self, acts: torch.Tensor, grads: torch.Tensor, predictor) -> torch.Tensor:
+        """``(B, C, d, h, w)`` activations and gradients → ``(B, d, h, w)`` map."""
+        raise NotImplementedError
+
+    def segment(self, x: torch.Tensor, predictor=None, generator=None) -> torch.Tensor:
+        if predictor is None:
+            raise WsbenchError(f"segmenter '{self.name}' needs a predictor; pass --predictor NAME")
+        cap = capture_layer(predictor, x, need_gradients=self.uses_gradients)
+        m = self.combine(cap.activations, cap.gradients, predictor)
+        return finite(upsample_to(m, tuple(x.shape[-3:])))
+
+
+class CAMSegmenter(_CamSegmenter):
+    """CAM (Zhou et al. 2016): head weights × target-layer features; needs a GAP→linear head."""
+
+    name = "cam"
+    description = "CAM (Zhou 2016): GAP-head weights x last-layer features, upsampled (needs a predictor with cam_head)"
+    uses_gradients = False
+
+    def combine(self, acts, grads, predictor):
+        head = predictor.cam_head()
+        if head is None:
+            raise WsbenchError(
+                f"segmenter 'cam' needs a predictor with a global-average-pooling linear head, and "
+                f"'{predictor.name}' has none (cam_head() is None); use --segmenter gradcam instead")
+        w = head.weight.to(acts.device, acts.dtype).reshape(-1)
+        if w.numel() != acts.shape[1]:
+            raise WsbenchError(
+                f"predictor '{predictor.name}': cam_head weight has {w.numel()} entries but target_layer "
+                f"has {acts.shape[1]} channels; fix the predictor's cam_head")
+        return torch.einsum("c,bcdhw->bdhw", w, acts)
+
+
+class GradCAMSegmenter(_CamSegmenter):
+    """Grad-CAM (Selvaraju et al. 2017)."""
+
+    name = "gradcam"
+    description = "Grad-CAM (Selvaraju 2017): ReLU(sum_c mean(dy/dA_c) A_c), 3-D, upsampled trilinearly"
+
+    def combine(self, acts, grads, predictor):
+        alpha = grads.mean(dim=_SPATIAL, keepdim=True)
+        return torch.relu((alpha * acts).sum(1))
+
+
+class GradCAMPlusPlusSegmenter(_CamSegmenter):
+    """Grad-CAM++ (Chattopadhay et al. 2018)."""
+
+    name = "gradcam++"
+    description = "Grad-CAM++ (Chattopadhay 2018): positive-gradient weights with higher-order alphas, 3-D"
+
+    def combine(self, acts, grads, predictor):
+        g2 = grads * grads
+        g3 = g2 * grads
+        sum_a = acts.sum(dim=_SPATIAL, keepdim=True)
+        denom = 2.0 * g2 + sum_a * g3
+        # alpha is 0/0 where the gradient vanishes: define it as 0 there (no contribution)
+        alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)),
+                            torch.zeros_like(denom))
+        w = (alpha * torch.relu(grads)).sum(dim=_SPATIAL, keepdim=True)
+        return torch.relu((w * acts).sum(1))
+
+
+class XGradCAMSegmenter(_CamSegmenter):
+    """XGrad-CAM (Fu et al. 2020)."""
+
+    name = "xgradcam"
+    description = "XGrad-CAM (Fu 2020): activation-normalised gradient weights, 3-D"
+
+    def combine(self, acts, grads, predictor):
+        sum_a = acts.sum(dim=_SPATIAL, keepdim=True)
+        w = (acts / (sum_a + 1e-7) * grads).sum(dim=_SPATIAL, keepdim=True)
+        return torch.relu((w * acts).sum(1))
+
+
+class LayerCAMSegmenter(_CamSegmenter):
+    """LayerCAM (Jiang et al. 2021)."""
+
+    name = "layercam"
+    description = "LayerCAM (Jiang 2021): ReLU(sum_c ReLU(dy/dA_c) * A_c), voxel-wise weights, 3-D"
+
+    def combine(self, acts, grads, predictor):
+        return torch.relu((torch.relu(grads) * acts).sum(1))
+
+
+class HiResCAMSegmenter(_CamSegmenter):
+    """HiResCAM (Draelos & Carin 2020)."""
+
+    name = "hirescam"
+    description = "HiResCAM (Draelos 2020): sum_c dy/dA_c * A_c element-wise (faithful to the logit), 3-D"
+
+    def combine(self, acts, grads, predictor):
+        return (grads * acts).sum(1)
