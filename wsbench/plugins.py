@@ -5,6 +5,9 @@ Loading order: the modules in :data:`DEFAULT_PLUGINS`, then every entry point in
 distribution name, built-in module name (e.g. ``segmenters``) or registered class name
 (e.g. ``gradcam``). A plugin that fails to import is recorded in :attr:`Registry.failures`
 (shown by ``wsbench plugins``) and never breaks other commands.
+
+``WSBENCH_PLUGIN_MODULES=pkg.mod,other`` additionally registers importable modules without
+packaging them (handy while developing a plugin, and for the test-suite's subprocess runs).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ DEFAULT_PLUGINS = (
 
 ENTRY_POINT_GROUP = "wsbench"
 DISABLE_ENV = "WSBENCH_DISABLE_PLUGINS"
+MODULES_ENV = "WSBENCH_PLUGIN_MODULES"
 
 _HOOK_FOR_ROLE = {
     "predictor": "register_predictors",
@@ -143,6 +147,17 @@ def get_plugin_manager() -> pluggy.PluginManager:
             continue
         _module_meta[id(mod)] = {"distribution": dist, "version": version, "source": f"entry point '{ep.name}'",
                                  "module": getattr(mod, "__name__", str(mod))}
+    for modname in [m.strip() for m in os.environ.get(MODULES_ENV, "").split(",") if m.strip()]:
+        if modname in disabled or pm.get_plugin(modname) is not None:
+            continue
+        try:
+            mod = importlib.import_module(modname)
+            pm.register(mod, name=modname)
+        except Exception as e:
+            _load_failures.append((f"{MODULES_ENV} module {modname}", _one_line(e)))
+            continue
+        _module_meta[id(mod)] = {"distribution": "local", "version": "0", "source": f"{MODULES_ENV}",
+                                 "module": modname}
     _pm = pm
     return pm
 
