@@ -151,3 +151,14 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     assert _metrics(a) == _metrics(b)
     ids = [json.loads(l)["case_id"] for l in journal.read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 6
+
+
+def test_first_party_plugin_runs_through_wsbench_run(testkit, tmp_path):
+    pytest.importorskip("wsbench_blob_dot", reason="install plugins/wsbench-blob-dot (README set-up)")
+    out = tmp_path / "blob"
+    res = CliRunner().invoke(cli, ["run", "--benchmark", TINY_BENCHMARK, "--segmenter", "blob-dot",
+                                   "-o", "segmenter.spacing_mm=1.5", "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "results.json").read_text())
+    assert data["plugins"]["segmenter"]["distribution"] == "wsbench-blob-dot"
+    assert data["aggregate"]["dice"]["mean"] > 0.3  # balls in noise: a blob filter finds them
