@@ -128,13 +128,17 @@ def test_markup_injection_is_refused(good, name):
 
 def test_injection_in_other_names(good):
     for path in (("plugins", "predictor", "version"), ("benchmark", "name"), ("dataset", "name"),
-                 ("wsbench_version",), ("device",)):
+                 ("wsbench_version",)):
         bad = copy.deepcopy(good)
         obj = bad
         for k in path[:-1]:
             obj = obj[k]
         obj[path[-1]] = "<img src=x onerror=alert(1)>"
         assert any("characters outside" in p for p in validate_results(bad)), path
+    for dev, ok in (("cuda:1", True), ("cpu", True), ("<b>cpu</b>", False), ("cuda:1:2", False)):
+        d = copy.deepcopy(good)
+        d["device"] = dev
+        assert (validate_results(d) == []) == ok, dev
 
 
 def test_sanitize_and_paths(good, tmp_path):
@@ -204,3 +208,12 @@ def test_validate_cli(good, tmp_path):
     assert res.exit_code == 1
     assert "INVALID" in res.output and "bad.json" in res.output and "<b>x</b>" in res.output
     assert "missing.json does not exist" in res.output and "Traceback" not in res.output
+
+
+def test_historic_files_of_every_schema_version_validate():
+    """tests/data/results_v<N>.json for N = 0..CURRENT: files written in the past must keep validating
+    (a change to the metrics or the aggregate that breaks one breaks every published submission)."""
+    for v in range(CURRENT_SCHEMA + 1):
+        path = DATA / f"results_v{v}.json"
+        assert json.loads(path.read_text())["schema_version"] == v
+        assert validate_results(path) == [], path

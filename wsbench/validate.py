@@ -350,8 +350,8 @@ def _check_types(d: dict[str, Any]) -> list[str]:
             p.append(f"'created' is {created!r}, not an ISO 8601 time (e.g. 2026-01-31T12:00:00Z)")
     _need(p, d, "command", str)
     dev = _need(p, d, "device", str)
-    if dev is not None and (e := check_name(dev, "device")):
-        p.append(e)
+    if dev is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,32}(:[0-9]{1,3})?", dev):
+        p.append(f"device {dev[:40]!r} is not a device name such as cpu, cuda or cuda:1")
     _need(p, d, "seed", int)
     if "limit" in d and d["limit"] is not None and not (_is_int(d["limit"]) and d["limit"] >= 1):
         p.append(f"'limit' must be null or a positive integer, got {_short(d['limit'])}")
