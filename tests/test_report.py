@@ -97,3 +97,15 @@ def test_report_cli(tmp_path):
     assert (run.parent / "report" / "index.md").is_file()
     r = CliRunner().invoke(cli, ["report", str(tmp_path / "nothing")])
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_unreadable_results_give_one_line_errors(tmp_path):
+    from wsbench.errors import WsbenchError
+
+    p = tmp_path / "results.json"
+    for text, msg in (("[1]", "not a wsbench results file"), ("{", "not valid JSON"),
+                      ('{"schema_version": 1, "cases": []}', "not a readable results file: missing key"),
+                      ('{"schema_version": 9}', "newer than this wsbench")):
+        p.write_text(text)
+        with pytest.raises(WsbenchError, match=msg):
+            make_report([p], tmp_path / "rep")

@@ -27,7 +27,6 @@ Example::
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,7 +35,7 @@ import numpy as np
 
 from wsbench.errors import WsbenchError
 from wsbench.progress import ensure
-from wsbench.validate import sanitize_name, upgrade
+from wsbench.validate import read_json, sanitize_name, structure_problems, upgrade
 
 __all__ = ["MONTAGE_SIZE_PX", "SUMMARY_SIZE_PX", "ct_rgb", "overlay_rgb", "montage", "nodule_centre",
            "summary_plots", "make_report"]
@@ -190,14 +189,16 @@ def load_runs(paths: Sequence[str | Path]) -> list[Run]:
         p = Path(p)
         if p.is_dir():
             p = p / "results.json"
+        raw = read_json(p)  # one-line errors for a missing file or bad JSON
+        if not isinstance(raw, dict) or "schema_version" not in raw:
+            raise WsbenchError(f"{p} is not a wsbench results file (no schema_version)")
         try:
-            data = upgrade(json.loads(p.read_text()))
-        except FileNotFoundError:
-            raise WsbenchError(f"results file {p} does not exist") from None
-        except ValueError as e:
-            raise WsbenchError(f"{p} is not valid JSON ({e}); is it a wsbench results file?") from None
-        if not isinstance(data.get("plugins"), dict) or not isinstance(data.get("cases"), list):
-            raise WsbenchError(f"{p} lacks 'plugins' or 'cases'; run `wsbench validate {p}`")
+            data = upgrade(raw)
+        except WsbenchError as e:
+            raise WsbenchError(f"{p}: {e}") from None
+        problems = structure_problems(data)
+        if problems:
+            raise WsbenchError(f"{p} is not a readable results file: {problems[0]}; run `wsbench validate {p}`")
         label = _label(data)
         seen[label] = seen.get(label, 0) + 1
         if seen[label] > 1:

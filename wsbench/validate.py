@@ -51,7 +51,8 @@ from typing import Any, Callable, Mapping
 from wsbench.errors import WsbenchError
 
 __all__ = ["CURRENT_SCHEMA", "UPGRADERS", "NAME_RE", "validate_results", "load_results", "upgrade",
-           "check_name", "sanitize_name", "submission_name", "submission_path", "recompute_aggregate"]
+           "check_name", "sanitize_name", "submission_name", "submission_path", "recompute_aggregate",
+           "structure_problems", "read_json"]
 
 CURRENT_SCHEMA = 1
 NAME_MAX = 64
@@ -422,6 +423,12 @@ def _check_types(d: dict[str, Any]) -> list[str]:
     return p
 
 
+def structure_problems(data: dict[str, Any]) -> list[str]:
+    """Schema and type problems only (no consistency checks) of an *upgraded* results dict —
+    enough to read the file safely (e.g. for a report of a run on a private benchmark)."""
+    return _check_types(data)
+
+
 # -- consistency -------------------------------------------------------------------------------
 
 
@@ -557,7 +564,8 @@ def _check_benchmark(d: dict[str, Any], benchmark: Any) -> list[str]:
 # -- entry points ------------------------------------------------------------------------------
 
 
-def _read(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """Parse a results file (a folder means its ``results.json``); :class:`WsbenchError` if unreadable."""
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
@@ -578,7 +586,7 @@ def _reject_constant(name: str) -> Any:
 
 
 def _upgraded(data_or_path: Any) -> tuple[dict[str, Any] | None, list[str]]:
-    data = _read(data_or_path) if isinstance(data_or_path, (str, Path)) else data_or_path
+    data = read_json(data_or_path) if isinstance(data_or_path, (str, Path)) else data_or_path
     if not isinstance(data, dict):
         return None, [f"a results file is a JSON object, got {type(data).__name__}"]
     if "schema_version" not in data:
@@ -621,7 +629,7 @@ def load_results(path: str | Path, *, benchmark: Any = None, submission: bool = 
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
-    raw = _read(path)
+    raw = read_json(path)
     problems = validate_results(raw, benchmark=benchmark, submission=submission)
     if problems:
         more = f" (and {len(problems) - 3} more; run `wsbench validate {path}`)" if len(problems) > 3 else ""
