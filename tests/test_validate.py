@@ -89,6 +89,8 @@ def test_tampered_bookkeeping(good):
     (lambda d: d["plugins"].pop("generator"), "missing key 'plugins.generator'"),
     (lambda d: d["benchmark"]["geometry"].update(size=48), "differs from the definition's"),
     (lambda d: d.update(complete="yes"), "'complete' must be true/false"),
+    (lambda d: d["cases"][2]["metrics"].update(dice=0.9), "of a failed case must be the worst case"),
+    (lambda d: d["benchmark"]["metrics"].update(surface_dice_tolerance_mm=3.0), "benchmark.metrics"),
 ])
 def test_malformed_fields(good, mutate, expected):
     bad = copy.deepcopy(good)
@@ -191,6 +193,10 @@ def test_expected_split(good, tmp_path):
     bench.expected = {"n_test_cases": 40}
     assert validate_results(limited, benchmark=bench) == []
     assert any("--limit 6" in p for p in validate_results(limited, benchmark=bench, submission=True))
+    tuned = copy.deepcopy(good)
+    tuned["binarization"]["options"] = {"grid": 7}
+    assert validate_results(tuned) == []
+    assert any("submissions use the benchmark's rule" in p for p in validate_results(tuned, submission=True))
 
 
 def test_validate_cli(good, tmp_path):

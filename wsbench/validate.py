@@ -308,6 +308,9 @@ def _check_case(problems: list[str], i: int, c: Any) -> None:
         problems.append(f"'{where}status' is {status!r}, expected 'ok' or 'failed'")
     if status == "failed" and not error:
         problems.append(f"'{where}error' must say why a failed case failed")
+    m0 = c.get("metrics")
+    if status == "failed" and isinstance(m0, dict) and (m0.get("dice") != 0 or m0.get("empty_prediction") is not True):
+        problems.append(f"'{where}metrics' of a failed case must be the worst case (Dice 0, empty prediction)")
     if status == "ok" and error is not None:
         problems.append(f"'{where}error' must be null for an ok case")
     info = _need(problems, c, "info", dict, where)
@@ -543,6 +546,9 @@ def _check_benchmark(d: dict[str, Any], benchmark: Any) -> list[str]:
     want = benchmark.geometry.to_dict()
     if {k: geo.get(k) for k in want} != want:
         p.append(f"benchmark.geometry {_short(geo)} differs from the definition's {_short(want)}")
+    if d["benchmark"]["metrics"] != dict(benchmark.metrics):
+        p.append(f"benchmark.metrics {_short(d['benchmark']['metrics'])} differ from the definition's "
+                 f"{_short(dict(benchmark.metrics))}")
     rule = d["binarization"]["rule"]
     if rule != benchmark.binarization_rule:
         p.append(f"binarization rule {rule!r} differs from the benchmark's {benchmark.binarization_rule!r}")
@@ -618,6 +624,10 @@ def validate_results(data_or_path: Any, *, benchmark: Any = None, submission: bo
     if submission:
         if not d["complete"]:
             problems.append("the run is not complete ('complete' is false); finish it before submitting")
+        used = d["binarization"].get("options")
+        if used is not None and used != d["benchmark"]["binarization"]["options"]:
+            problems.append(f"binarization options {_short(used)} differ from the benchmark's "
+                            f"{_short(d['benchmark']['binarization']['options'])}; submissions use the benchmark's rule")
         if d.get("limit") is not None:
             problems.append(f"the run used --limit {d['limit']}; submissions must cover the whole test split")
     return problems
