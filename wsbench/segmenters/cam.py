@@ -24,15 +24,26 @@ Conventions, as in the original papers (Σ_k sums over the ``d·h·w`` positions
   ``M = Σ_c G_c ⊙ A_c`` (no ReLU in the definition; pytorch-grad-cam clamps it, we do not —
   the binarisation is fitted per method anyway).
 
-Why own code rather than captum or MONAI (measured by ``benchmarks/segmenters.py --cam-speed``
-on this machine's CPU, batch 8 of 32³ patches, a 4-layer 3-D CNN, median of 20 runs):
-captum has only ``LayerGradCam`` (no ++/X/Layer/HiRes variants), MONAI has ``CAM``, ``GradCAM``,
-``GradCAMpp`` (min-max normalised per map, via a class-index interface that expects ``(B, K)``
-logits), and pytorch-grad-cam breaks on 5-D input for ++/X/LayerCAM (FACTS.md). Our
-Grad-CAM equals captum's ``LayerGradCam`` + trilinear ``LayerAttribution.interpolate`` and our
-Grad-CAM++ equals MONAI's ``GradCAMpp`` after min-max normalisation (both asserted in
-tests/test_segmenters.py). Timings (s per batch): see the table in the module-level constant
-:data:`SPEED_NOTE`.
+Why own code rather than captum or MONAI: captum has only ``LayerGradCam`` (no ++/X/Layer/HiRes
+variants); MONAI 1.6.1 has ``CAM``, ``GradCAM``, ``GradCAMpp``, but ``GradCAMpp`` crashes on a
+batch of 5-D inputs (it multiplies the ``(B,)`` score into the ``(B, C, d, h, w)`` gradient, so
+the batch broadcasts against the last spatial axis) and sums ``A·G³`` over positions in the
+denominator instead of ``(Σ_k A)·G³`` of eq. 19; pytorch-grad-cam breaks on 5-D input for
+++/X/LayerCAM (FACTS.md). Our Grad-CAM equals captum's ``LayerGradCam`` + trilinear
+``LayerAttribution.interpolate``, and every variant equals a literal numpy transcription of its
+paper's formula (both asserted in tests/test_segmenters.py, for 3-D and 2-D slice predictors).
+Speed, ``python benchmarks/segmenters.py --cam-speed`` (CPU, 1 torch thread, batch 8 × 32³,
+4-layer 3-D CNN, median of 30; the machine was shared, load ≈ 7):
+
+==========  =================================  ========
+method      implementation                     ms/batch
+==========  =================================  ========
+Grad-CAM    wsbench (torch)                    84.0
+Grad-CAM    captum LayerGradCam + interpolate  102.2
+Grad-CAM    MONAI GradCAM                      336.3
+Grad-CAM++  wsbench (torch)                    84.9
+Grad-CAM++  MONAI GradCAMpp                    fails (batch of 5-D inputs)
+==========  =================================  ========
 
 Example::
 
@@ -48,9 +59,6 @@ from wsbench.errors import WsbenchError
 from wsbench.interfaces import Segmenter
 from wsbench.segmenters.layer_capture import capture_layer
 from wsbench.segmenters.maps import finite, upsample_to
-
-#: Filled in from the measurement recorded in the report (see module docstring).
-SPEED_NOTE = "see benchmarks/segmenters.py --cam-speed"
 
 _SPATIAL = (2, 3, 4)
 
