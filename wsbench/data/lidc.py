@@ -188,6 +188,15 @@ class LidcDatabase:
         """The scan with this ``series_instance_uid`` (= LUNA16 ``seriesuid``), or None."""
         return self._load_scans().get(series_uid)
 
+    def annotation(self, annotation_id: int) -> tuple[LidcAnnotation, LidcScan]:
+        """One annotation (with contours) and its scan; KeyError if absent."""
+        row = self._con.execute("SELECT scan_id FROM annotations WHERE id = ?", (int(annotation_id),)).fetchone()
+        scan = next((s for s in self._load_scans().values() if row and s.id == row[0]), None)
+        got = self.annotations(scan, ids=[annotation_id]) if scan is not None else []
+        if not got:
+            raise KeyError(f"no LIDC annotation {annotation_id}")
+        return got[0], scan
+
     def annotations(self, scan: LidcScan | None = None, ids: Iterable[int] | None = None) -> list[LidcAnnotation]:
         """Annotations (with contours) of one scan, of the given ids, or of every scan (both None)."""
         by_id = {s.id: s for s in self._load_scans().values()}
@@ -279,8 +288,8 @@ def rasterise_annotation(annotation: LidcAnnotation, slice_index: Callable[[floa
     In-plane the grid is the scan's DICOM pixel grid (``x = col``, ``y = row``); ``slice_index``
     maps a contour's ``image_z_position`` (mm) to a slice (e.g. :meth:`LidcScan.slice_index`, or
     a LUNA16 volume's world→voxel transform). Inclusion polygons are filled (pixel centres
-    strictly inside, ``matplotlib.path`` even-odd test), their outline pixels removed unless
-    ``include_boundary``; then everything inside or on an exclusion polygon is removed —
+    strictly inside, ``matplotlib.path`` test), their outline pixels — vertices and pixel
+    centres on an edge — removed unless ``include_boundary``; then everything inside or on an exclusion polygon is removed —
     inclusions first, so an exclusion wins regardless of contour order.
 
     Returns a :class:`PlacedMask` covering the outlines' bounding box plus ``pad`` pixels.
@@ -304,7 +313,7 @@ def rasterise_annotation(annotation: LidcAnnotation, slice_index: Callable[[floa
         return MplPath(points, closed=True).contains_points(centres, radius=radius).reshape(mask.shape[1:])
 
     def outline(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        p = np.rint(points).astype(int)
+        p = _outline_pixels(points)
         return p[:, 1] - y0, p[:, 0] - x0
 
     for c, k in zip(annotation.contours, ks):
@@ -324,6 +333,20 @@ def rasterise_annotation(annotation: LidcAnnotation, slice_index: Callable[[floa
             r, q = outline(c.points)
             sl[r, q] = False
     return PlacedMask(mask, (k0, y0, x0))
+
+
+def _outline_pixels(points: np.ndarray) -> np.ndarray:
+    """Integer ``(col, row)`` pixels the closed outline passes through: its vertices and every
+    lattice point on its edges (readers' outlines are pixel chains, but some edges skip a pixel;
+    a pixel centre exactly on an edge is outline, not interior)."""
+    p = np.rint(np.asarray(points, float)).astype(int)
+    q = np.roll(p, -1, axis=0)
+    out = [p]
+    for a, b in zip(p, q):
+        g = int(np.gcd(*(b - a)))
+        if g > 1:
+            out.append(a + np.outer(np.arange(1, g), (b - a) // g))
+    return np.concatenate(out)
 
 
 def consensus(masks: Sequence[PlacedMask], level: float = 0.5) -> PlacedMask:
