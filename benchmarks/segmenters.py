@@ -230,4 +230,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from wsbench.errors import WsbenchError
+
+    try:
+        sys.exit(main())
+    except WsbenchError as e:  # bad input or configuration: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
