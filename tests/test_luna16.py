@@ -309,3 +309,27 @@ def test_flat_folder_split_is_by_scan(tmp_path):
     assert train_groups == groups["train"]
     assert {c.info["seriesuid"] for c in ds.cases("test", GEO)} == groups["test"]
     assert "flat folder" in ds.split_info()["rule"]
+
+
+def test_neighbouring_nodule_is_truth_too(tmp_path):
+    from scipy import ndimage
+
+    root = tmp_path / "pair"
+    root.mkdir()
+    origin = (20.0, 10.0, -40.0)
+    probe = make_image(origin, [])
+    a = centre_of_voxel(probe, (15, 32, 30))
+    b = centre_of_voxel(probe, (15, 32, 42))  # 12 voxels * 0.7 mm = 8.4 mm away along x
+    sitk.WriteImage(make_image(origin, [(a, 5.0), (b, 4.0)]), str(root / "9.8.7.mhd"))
+    write_csv(root / "annotations.csv", ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"],
+              [["9.8.7", *a, 5.0], ["9.8.7", *b, 4.0]])
+    geo = Geometry(size=24, spacing_mm=1.0, max_offset_vox=2)  # both nodules always fit
+    ds = dataset(root, split_fractions=(0.0, 0.0, 1.0))
+    ds.prepare(geo)
+    cases = list(ds.cases("test", geo))
+    assert len(cases) == 2
+    for c in cases:
+        _, n = ndimage.label(c.mask)
+        assert n == 2 and c.info["other_nodules_in_patch"] == 1
+        bright = c.image > HALF
+        assert 2 * (bright & c.mask).sum() / (bright.sum() + c.mask.sum()) > 0.8

@@ -33,8 +33,8 @@ from wsbench.data.cache import PatchCache, cache_key, to_hu16, tree_fingerprint
 from wsbench.data.luna16 import (Luna16Index, ScanFile, inside_volume, read_scan, read_volume,
                                  subset_numbers, world_to_voxel, voxel_to_world)
 from wsbench.data.masks import mask_source
-from wsbench.data.patches import (draw_offset, is_far_from, lung_positions, mask_extent_mm, offset_bounds,
-                                  patch_origin, resample_hu, resample_mask)
+from wsbench.data.patches import (distance_to_box, draw_offset, is_far_from, lung_positions, mask_extent_mm,
+                                  offset_bounds, patch_box, patch_origin, resample_hu, resample_mask)
 from wsbench.data.types import Case, Geometry, PatchSet
 from wsbench.errors import DataError, WsbenchError
 from wsbench.hookspecs import hookimpl
@@ -266,7 +266,7 @@ class Luna16Dataset(Dataset):
             case_id = f"{uid}:{k}"
             if m is None or not m.mask.any():
                 if m is not None:
-                    skipped.append(f"annotations.csv:{a.row}: empty truth mask; case skipped")
+                    skipped.append(f"{self.index().root / 'annotations.csv'}:{a.row}: empty truth mask; case skipped")
                 continue
             rng = np.random.default_rng(derive_seed(self.options.seed, case_id))
             lo, hi = mask_extent_mm(image, m, a.xyz)
@@ -275,8 +275,20 @@ class Luna16Dataset(Dataset):
             hu16 = to_hu16(resample_hu(image, origin, geometry))
             mask = resample_mask(image, m, origin, geometry)
             if not mask.any():
-                skipped.append(f"annotations.csv:{a.row}: truth mask vanished on the patch grid; case skipped")
+                skipped.append(f"{self.index().root / 'annotations.csv'}:{a.row}: truth mask vanished on the "
+                               "patch grid; case skipped")
                 continue
+            # any other nodule reaching into the patch is truth too (segment nodules, not one nodule)
+            lo_box, hi_box = patch_box(origin, geometry)
+            others = 0
+            for b, m2 in zip(rows, ms):
+                if b is a or m2 is None or m2 is m or not m2.mask.any():
+                    continue
+                if distance_to_box(b.xyz, lo_box, hi_box) <= b.diameter_mm / 2 + 2 * max(image.GetSpacing()):
+                    extra_mask = resample_mask(image, m2, origin, geometry)
+                    if extra_mask.any():
+                        mask |= extra_mask
+                        others += 1
             extra = dict(a.extra)
             texture = extra.get("texture", minfo.get("texture"))
             info = {
@@ -288,6 +300,7 @@ class Luna16Dataset(Dataset):
                 "offset_vox": [int(v) for v in off],
                 "centre_vox": [float((geometry.size - 1) / 2 + v) for v in off],
                 "mask_voxels": int(mask.sum()),
+                "other_nodules_in_patch": others,
                 **{k2: v for k2, v in minfo.items() if k2 not in ("texture",)},
             }
             cases.append({"case_id": case_id, "hu16": hu16, "mask": mask, "spacing": geometry.spacing, "info": info})
