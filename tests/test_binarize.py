@@ -216,3 +216,12 @@ def test_errors_are_one_line_and_typed():
     for exc in (OptionError, DataError):
         assert "\n" not in str(exc)
     assert set(B.RULES) == {"val-dice-threshold", "otsu", "top-k"} and B.DEFAULT_RULE in B.RULES
+
+
+def test_docstring_examples():
+    import doctest
+
+    import wsbench.binarize as mod
+
+    res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert res.attempted > 0 and res.failed == 0

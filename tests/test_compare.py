@@ -135,3 +135,12 @@ def test_cli_compare_table_json_and_errors(tmp_path):
     assert r.exit_code == 2 and "iou" in r.output
     r = runner.invoke(cli, ["compare", "--help"])
     assert r.exit_code == 0 and "Examples" in r.output
+
+
+def test_docstring_examples():
+    import doctest
+
+    import wsbench.compare as mod
+
+    res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert res.attempted > 0 and res.failed == 0

@@ -274,3 +274,12 @@ def test_metric_classes_accumulate():
     assert classes[0].aggregate() is None
     with pytest.raises(ValueError):
         classes[1].aggregate("max")
+
+
+def test_docstring_examples():
+    import doctest
+
+    import wsbench.metrics as mod
+
+    res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert res.attempted > 0 and res.failed == 0

@@ -114,3 +114,12 @@ def test_bad_records_raise_data_error(records):
     bad["metrics"]["dice"] = float("nan")
     with pytest.raises(DataError, match="metric 'dice'"):
         aggregate([bad])
+
+
+def test_docstring_examples():
+    import doctest
+
+    import wsbench.stats as mod
+
+    res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert res.attempted > 0 and res.failed == 0
