@@ -109,3 +109,23 @@ def test_unreadable_results_give_one_line_errors(tmp_path):
         p.write_text(text)
         with pytest.raises(WsbenchError, match=msg):
             make_report([p], tmp_path / "rep")
+
+
+def test_contours_sit_on_the_mask(tmp_path):
+    """The contour panel's lines surround the nodule where the CT panel shows it (no half-voxel shift)."""
+    case = make_case(3, quality=1.0)  # prediction == truth: the red line hides the green one
+    case["image"][case["truth"]] = 1.0
+    panels: dict = {}
+    png = imread(montage(case, tmp_path / "c.png", panels_out=panels))[..., :3]
+    for row in range(3):
+        x0, y0, x1, y1 = panels[(row, 0)]
+        ct = png[y0:y1, x0:x1]
+        x0, y0, x1, y1 = panels[(row, 2)]
+        cont = png[y0:y1, x0:x1]
+        bright = np.argwhere(ct.min(-1) > 0.95)
+        red = np.argwhere((cont[..., 0] > 0.6) & (cont[..., 1] < 0.35))
+        assert len(bright) > 50 and len(red) > 20
+        px_per_voxel = ct.shape[1] / case["image"].shape[2]
+        # compare bounding-box centres (a line's pixel centroid depends on antialiasing)
+        shift = np.abs((bright.min(0) + bright.max(0)) / 2 - (red.min(0) + red.max(0)) / 2)
+        assert shift.max() < 0.25 * px_per_voxel, (row, shift, px_per_voxel)

@@ -137,7 +137,8 @@ def montage(arrays: dict[str, np.ndarray], out_png: str | Path, title: str = "",
         ax = axes[row, 2]
         for m, colour in ((tr, "#2ca02c"), (pr, "#d62728")):
             if m.any() and not m.all():
-                ax.contour(m.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.5, origin=origin)
+                # no ``origin`` here: contour's origin shifts by half a voxel; imshow already set the axes
+                ax.contour(m.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.5)
         axes[row, 0].set_ylabel(f"{plane}\n(slice {c[row]})", fontsize=10)
     for col, name in enumerate(("CT", f"score map ({lo:.2g}..{hi:.2g})", "pred (red) vs truth (green)")):
         axes[0, col].set_title(name, fontsize=10)
