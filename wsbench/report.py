@@ -135,10 +135,11 @@ def montage(arrays: dict[str, np.ndarray], out_png: str | Path, title: str = "",
             ax.set_xticks([])
             ax.set_yticks([])
         ax = axes[row, 2]
-        for m, colour in ((tr, "#2ca02c"), (pr, "#d62728")):
+        # truth wide underneath, prediction thin on top: where they coincide both stay visible
+        for m, colour, lw in ((tr, "#2ca02c", 3.0), (pr, "#d62728", 1.2)):
             if m.any() and not m.all():
                 # no ``origin`` here: contour's origin shifts by half a voxel; imshow already set the axes
-                ax.contour(m.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.5)
+                ax.contour(m.astype(np.float32), levels=[0.5], colors=[colour], linewidths=lw)
         axes[row, 0].set_ylabel(f"{plane}\n(slice {c[row]})", fontsize=10)
     for col, name in enumerate(("CT", f"score map ({lo:.2g}..{hi:.2g})", "pred (red) vs truth (green)")):
         axes[0, col].set_title(name, fontsize=10)
