@@ -269,10 +269,10 @@ def read_volume(path: str | Path) -> sitk.Image:
 
 
 def read_scan(scan: ScanFile, *, nan_hu: float = -1000.0) -> tuple[sitk.Image, str | None]:
-    """Read a CT scan (HU) and return ``(image_float32, warning)``.
+    """Read a CT scan (HU) and return ``(image, warning)``.
 
     NaN or infinite voxels (float volumes only) are replaced by ``nan_hu`` (air) and reported
-    in ``warning`` (one line naming the file); integer volumes are returned as float32 HU.
+    in ``warning`` (one line naming the file); other volumes are returned as stored.
     """
     image = read_volume(scan.mhd)
     arr = sitk.GetArrayViewFromImage(image)
@@ -285,7 +285,7 @@ def read_scan(scan: ScanFile, *, nan_hu: float = -1000.0) -> tuple[sitk.Image, s
             out.CopyInformation(image)
             warning = f"{scan.mhd}: {int(bad.sum())} NaN/inf voxels replaced by {nan_hu:g} HU"
             return out, warning
-    return sitk.Cast(image, sitk.sitkFloat32), warning
+    return image, warning  # int16 stays int16 (half the memory); resampling outputs float32
 
 
 def world_to_voxel(image: sitk.Image, xyz: Sequence[float]) -> np.ndarray:
