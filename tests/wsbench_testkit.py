@@ -124,7 +124,7 @@ class MeanPredictor(Predictor):
             loss = torch.nn.functional.binary_cross_entropy_with_logits(self.logits(x), y)
             loss.backward()
             opt.step()
-        return {"final_loss": float(loss)}
+        return {"final_loss": float(loss.detach())}
 
     def save(self, path):
         torch.save(self.model.state_dict(), path)

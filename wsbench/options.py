@@ -67,7 +67,7 @@ def _type_name(tp: Any) -> str:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return " | ".join(_type_name(a) for a in args) + " | None"
     if origin in (tuple, list):
-        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
+        return f"{origin.__name__}[{', '.join('...' if a is Ellipsis else _type_name(a) for a in typing.get_args(tp))}]"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -167,7 +167,7 @@ def parse_options(plugin_cls: type, values: Mapping[str, Any] | None) -> Any:
     kwargs = {}
     for key, raw in values.items():
         if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
+            close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise OptionError(
                 f"unknown option '{key}' for {label}{hint}; valid options: {_valid_list(opts_cls)}")

@@ -324,7 +324,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                     raise
                 except Exception as e:
                     rec["status"], rec["error"] = "failed", record_failure(case, "test", e)
-                    rec["metrics"] = metrics.failure_metrics(case.image.shape, case.spacing)
+                    truth_ml = float(case.mask.sum()) * float(np.prod(case.spacing)) / 1000.0
+                    rec["metrics"] = metrics.failure_metrics(case.image.shape, case.spacing, truth_volume_ml=truth_ml)
                 rec["seconds"] = time.perf_counter() - t_case
                 journal.append(rec)
                 task.advance(1, dice=f"{rec['metrics']['dice']:.3f}")
