@@ -238,3 +238,43 @@ def test_nodule_shapes_library(db):
     assert all((a.mask == b.mask).all() for a, b in zip(again, shapes))
     other = lidc_nodule_shapes(3, 30, limit=12, seed=2, db=db)
     assert [a.annotation_id for a in other] != [a.annotation_id for a in shapes]
+
+
+def test_luna16_dataset_with_lidc_masks(scan1, tmp_path):
+    """The whole path: a LUNA16-format scan with a real LIDC seriesuid, --masks lidc, patch cases."""
+    import csv
+
+    from wsbench.builtins.datasets import Luna16Dataset
+    from wsbench.data.types import Geometry
+
+    scan, anns = scan1
+    root = tmp_path / "luna"
+    root.mkdir()
+    img = _luna_like_image(scan, anns, flip_z=True)
+    sitk.WriteImage(img, str(root / f"{SCAN1}.mhd"))
+    groups = [g for g in cluster_annotations(anns, scan.pixel_spacing) if len(g) >= 3]
+    volumes, rows = [], []
+    for g in groups:
+        cons = consensus([rasterise_annotation(a, scan.slice_index) for a in g])
+        v = cons.voxels().astype(float)
+        centre = (-150.0 + v[:, 2].mean() * scan.pixel_spacing, -120.0 + v[:, 1].mean() * scan.pixel_spacing,
+                  float(scan.zvals[v[:, 0].astype(int)].mean()))
+        rows.append([SCAN1, *centre, float(np.mean([a.diameter_mm for a in g]))])
+        volumes.append(len(v) * scan.pixel_spacing ** 2 * scan.slice_spacing)
+    with open(root / "annotations.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"])
+        w.writerows(rows)
+    geo = Geometry(size=32, spacing_mm=1.0, max_offset_vox=4)
+    ds = Luna16Dataset({"data_dir": str(root), "masks": "lidc", "split_fractions": (0.0, 0.0, 1.0),
+                        "negatives_per_scan": 0})
+    ds.prepare(geo)
+    cases = list(ds.cases("test", geo))
+    assert len(cases) == len(groups) == 3
+    for c, vol in zip(cases, volumes):
+        assert c.info["mask_source"] == "lidc" and c.info["n_readers"] >= 3
+        assert c.info["texture"] in (1, 2, 3, 4, 5) and c.info["nodule_type"]
+        # resampling to 1 mm (fraction >= 0.5) keeps the consensus volume (within 30 %)
+        assert 0.7 * vol < c.mask.sum() < 1.3 * vol, (c.mask.sum(), vol)
+        centroid = np.argwhere(c.mask).mean(0)
+        assert np.all(np.abs(centroid - np.array(c.info["centre_vox"])) <= 1.0)
