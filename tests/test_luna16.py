@@ -333,3 +333,22 @@ def test_neighbouring_nodule_is_truth_too(tmp_path):
         assert n == 2 and c.info["other_nodules_in_patch"] == 1
         bright = c.image > HALF
         assert 2 * (bright & c.mask).sum() / (bright.sum() + c.mask.sum()) > 0.8
+
+
+def test_mask_folder_label_missing_the_centre(tmp_path):
+    from wsbench.data.luna16 import Annotation
+    from wsbench.data.masks import DirMasks
+
+    img = make_image((0.0, 0.0, 0.0), [])
+    zyx = (15, 32, 36)
+    xyz = centre_of_voxel(img, zyx)
+    r = np.sqrt(((world_grid(img) - np.asarray(xyz)) ** 2).sum(-1))
+    lab = np.zeros(r.shape, np.uint8)
+    lab[(r > 2.0) & (r <= 4.0)] = 5  # a hollow nodule: its centre voxel is background
+    lab[(r > 9.0) & (r <= 10.5)] = 2  # another structure around it
+    m = sitk.GetImageFromArray(lab)
+    m.CopyInformation(img)
+    sitk.WriteImage(m, str(tmp_path / "u.mhd"))
+    masks, infos, notes = DirMasks(tmp_path).nodule_masks("u", img, [Annotation("u", xyz, 8.0, 2)])
+    assert notes == [] and infos[0]["mask_source"] == "dir"
+    np.testing.assert_array_equal(masks[0].paste(lab.shape), lab == 5)

@@ -167,6 +167,13 @@ class Luna16Dataset(Dataset):
             out[uids[i]] = "train" if rank < n_train else ("validation" if rank < n_train + n_val else "test")
         return out
 
+    def annotation_info(self, annotation, k: int) -> dict[str, Any]:
+        """Extra JSON-able facts recorded in a case's ``info`` for the ``k``-th valid row of its
+        scan (e.g. ``texture``, ``nodule_type``, ``placement``). Default: none; a subclass
+        whose tree carries them elsewhere (a manifest) overrides this. Values here take
+        precedence over the mask source's (LIDC readers' median texture)."""
+        return {}
+
     def split_rule(self) -> str:
         if self.index().flat:
             f = self.options.split_fractions
@@ -289,7 +296,7 @@ class Luna16Dataset(Dataset):
                     if extra_mask.any():
                         mask |= extra_mask
                         others += 1
-            extra = dict(a.extra)
+            extra = {**dict(a.extra), **self.annotation_info(a, k)}
             texture = extra.get("texture", minfo.get("texture"))
             info = {
                 "seriesuid": uid, "diameter_mm": float(a.diameter_mm),
@@ -302,6 +309,7 @@ class Luna16Dataset(Dataset):
                 "mask_voxels": int(mask.sum()),
                 "other_nodules_in_patch": others,
                 **{k2: v for k2, v in minfo.items() if k2 not in ("texture",)},
+                **{k2: v for k2, v in extra.items() if k2 not in ("texture", "nodule_type")},
             }
             cases.append({"case_id": case_id, "hu16": hu16, "mask": mask, "spacing": geometry.spacing, "info": info})
         return cases

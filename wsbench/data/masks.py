@@ -17,7 +17,8 @@ rows, one :class:`~wsbench.data.lidc.PlacedMask` per row on the **scan's voxel g
 * ``DIR`` (:class:`DirMasks`) — ``DIR/<seriesuid>.mhd`` (or ``.nii.gz`` / ``.nii``, also under
   ``DIR/subset*/``) on the scan's grid; binary (connected components are the nodules) or one
   label per nodule. A row takes the component/label containing its centre voxel, else the
-  nearest one whose centroid is within ``max(diameter_mm, 3)`` mm.
+  most frequent one within ``diameter_mm / 2`` of the centre, else the nearest one whose
+  centroid is within ``max(diameter_mm, 3)`` mm.
 """
 
 from __future__ import annotations
@@ -222,9 +223,10 @@ class DirMasks(MaskSource):
             p = self.files[uid]
             h.update(f"{p.relative_to(self.folder)}|{p.stat().st_size}\n".encode())
             if p.suffix == ".mhd":
-                raw = p.with_suffix(".raw")
-                if raw.is_file():
-                    h.update(f"raw|{raw.stat().st_size}\n".encode())
+                h.update(p.read_bytes())
+                for raw in (p.with_suffix(".raw"), p.with_suffix(".zraw")):
+                    if raw.is_file():
+                        h.update(f"{raw.suffix}|{raw.stat().st_size}\n".encode())
         return "dir:" + h.hexdigest()[:16]
 
     def nodule_masks(self, seriesuid, image, annotations):
@@ -257,10 +259,21 @@ class DirMasks(MaskSource):
         centroids = [mask_centroid_world(image, placed[i]) for i in ids]
         notes, masks = [], []
         nearest = _match(annotations, centroids, unique=False)
+        sp = np.array(image.GetSpacing()[::-1], float)
         for a, j in zip(annotations, nearest):
             c = np.rint(world_to_voxel(image, a.xyz)).astype(int)
             inside = all(0 <= v < s for v, s in zip(c, labels.shape))
             lab = int(labels[tuple(c)]) if inside else 0
+            if lab == 0:
+                # an irregular nodule may miss its own centre: the most frequent label within
+                # diameter/2 of it (more robust than the nearest centroid for touching nodules)
+                r = np.ceil(a.diameter_mm / 2 / sp).astype(int)
+                lo, hi = np.maximum(c - r, 0), np.minimum(c + r + 1, labels.shape)
+                if np.all(hi > lo):
+                    near = labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+                    near = near[near > 0]
+                    if near.size:
+                        lab = int(np.bincount(near).argmax())
             if lab > 0:
                 masks.append(placed[lab])
             elif j is not None:
