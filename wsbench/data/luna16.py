@@ -55,7 +55,7 @@ class ScanFile:
     subset: int | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Annotation:
     """One ``annotations.csv`` row: world centre ``xyz`` (mm), ``row`` = 1-based line number."""
 
@@ -67,7 +67,7 @@ class Annotation:
     extra: tuple[tuple[str, object], ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """One ``candidates*.csv`` row (``label`` 1 = near a nodule, 0 = a mimic)."""
 

@@ -166,6 +166,10 @@ class LidcMasks(MaskSource):
             return masks, [{"mask_source": "sphere-fallback"} for _ in annotations], notes
         nz = image.GetSize()[2]
         ox, oy = image.GetOrigin()[:2]
+        d = np.array(image.GetDirection()).reshape(3, 3)
+        if not np.allclose(d[:2, :2], np.eye(2), atol=1e-3):
+            notes.append(f"{seriesuid}: in-plane direction is not the identity; LIDC outlines assume the "
+                         "DICOM pixel order (col, row) = voxel (x, y) as in LUNA16 — check its masks")
 
         def slice_index(z_mm: float) -> int:
             k = world_to_voxel(image, (ox, oy, z_mm))[0]
