@@ -211,11 +211,13 @@ def test_fingerprint_changes_with_csv(tree):
         f.write("1.2.3.0,1,2,3,4\n")
     assert dataset(root).fingerprint() != fp
     assert dataset(root, masks="lidc").fingerprint() != dataset(root).fingerprint()
+    # without a masks/ folder, "auto" means the LIDC-IDRI outlines
+    assert dataset(root, masks="auto").fingerprint() == dataset(root, masks="lidc").fingerprint()
 
 
 def test_mask_folder_binary_and_labels(tree, tmp_path):
     root, truth = tree
-    mdir = tmp_path / "masks"
+    mdir = root / "masks"  # the tree's own masks, as the synthetic set ships them
     mdir.mkdir()
     idx = Luna16Index.scan(root)
     for n, uid in enumerate(sorted(truth)):
@@ -227,6 +229,9 @@ def test_mask_folder_binary_and_labels(tree, tmp_path):
         m.CopyInformation(img)
         sitk.WriteImage(m, str(mdir / f"{uid}.nii.gz" if n % 2 else mdir / f"{uid}.mhd"))
     ds = dataset(root, masks=str(mdir))
+    # "auto" and a relative folder (looked up under the tree) pick the same masks
+    assert dataset(root, masks="auto").fingerprint() == ds.fingerprint()
+    assert dataset(root, masks="masks").fingerprint() == ds.fingerprint()
     ds.prepare(GEO)
     for split in ("validation", "test"):
         (c,) = list(ds.cases(split, GEO))

