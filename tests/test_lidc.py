@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from wsbench.data import lidc
-from wsbench.data.lidc import (LidcDatabase, PlacedMask, cluster_annotations, consensus, lidc_nodule_shapes,
+from wsbench.data.lidc import (LidcDatabase, cluster_annotations, consensus, lidc_nodule_shapes,
                                rasterise_annotation)
 from wsbench.data.luna16 import Annotation, voxel_to_world
 from wsbench.data.masks import LidcMasks
@@ -102,7 +102,6 @@ def test_exclusion_contours_are_holes(db, aid):
     assert not (holes & ~full).any()  # exclusions only remove
     assert full.sum() > holes.sum()
     # no pixel strictly inside an exclusion polygon survives
-    z0, y0, x0 = 0, 0, 0
     for c in ann.contours:
         if not c.inclusion:
             k = scan.slice_index(c.z_mm)

@@ -31,7 +31,7 @@ import numpy as np
 from wsbench import progress as _progress
 from wsbench.data.cache import PatchCache, cache_key, to_hu16, tree_fingerprint
 from wsbench.data.luna16 import (Luna16Index, ScanFile, inside_volume, read_scan, read_volume,
-                                 subset_numbers, world_to_voxel, voxel_to_world)
+                                 subset_numbers, voxel_to_world)
 from wsbench.data.masks import mask_source
 from wsbench.data.patches import (distance_to_box, draw_offset, is_far_from, lung_positions, mask_extent_mm,
                                   offset_bounds, patch_box, patch_origin, resample_hu, resample_mask)
