@@ -242,7 +242,10 @@ def test_mask_folder_binary_and_labels(tree, tmp_path):
 
 def test_bad_inputs_are_skipped_with_one_line(tmp_path):
     root = tmp_path / "bad"
-    write_tree(root, n_scans=4)
+    write_tree(root, n_scans=5)
+    # a truncated .raw (subset4)
+    raw = root / "subset4" / "1.2.3.4.raw"
+    raw.write_bytes(raw.read_bytes()[:1000])
     # missing .raw in subset0, corrupt header in subset1
     (root / "subset0" / "1.2.3.0.raw").unlink()
     (root / "subset1" / "1.2.3.1.mhd").write_text("this is not a header\n")
@@ -257,7 +260,7 @@ def test_bad_inputs_are_skipped_with_one_line(tmp_path):
     # unknown seriesuid, coordinate outside the volume, non-numeric row
     with open(root / "annotations.csv", "a") as fh:
         fh.write("9.9.9,1,2,3,5\n1.2.3.3,5000,0,0,5\n1.2.3.3,abc,0,0,5\n")
-    ds = dataset(root, train_subsets="0-1")
+    ds = dataset(root, train_subsets="0-1", test_subsets="3-4")
     ds.prepare(GEO)
     lines = ds.skipped()
     text = "\n".join(lines)
@@ -265,9 +268,10 @@ def test_bad_inputs_are_skipped_with_one_line(tmp_path):
     assert "1.2.3.0.raw is missing" in text
     assert "1.2.3.1.mhd: corrupt MetaImage header" in text
     assert "NaN" in text and "1.2.3.2.mhd" in text
-    assert "annotations.csv:6: seriesuid 9.9.9" in text
-    assert "annotations.csv:7:" in text and "outside" in text
-    assert "annotations.csv:8:" in text and "not numbers" in text
+    assert "1.2.3.4.mhd: 1.2.3.4.raw holds 1000 bytes" in text and "truncated" in text
+    assert "annotations.csv:7: seriesuid 9.9.9" in text
+    assert "annotations.csv:8:" in text and "outside" in text
+    assert "annotations.csv:9:" in text and "not numbers" in text
     # the rest loads: validation and test scans still give their cases
     assert len(list(ds.cases("validation", GEO))) == 1
     assert len(list(ds.cases("test", GEO))) == 1
