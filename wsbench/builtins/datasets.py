@@ -124,7 +124,8 @@ class Luna16Dataset(Dataset):
         files: list[Path] = []
         for s in idx.scans.values():
             files += [s.mhd, s.mhd.with_suffix(".raw"), s.mhd.with_suffix(".zraw")]
-        files += list(idx.lung_masks.values()) + [p.with_suffix(".raw") for p in idx.lung_masks.values()]
+        for p in idx.lung_masks.values():
+            files += [p, p.with_suffix(".raw"), p.with_suffix(".zraw")]
         files += [idx.root / n for n in ("annotations.csv", "candidates_V2.csv", "candidates.csv",
                                          "annotations_excluded.csv")]
         return files
