@@ -187,6 +187,11 @@ class TorchPredictor(Predictor):
         if missing or unexpected:
             raise WsbenchError(f"{path} does not fit predictor '{self.name}' with these options: "
                                f"{_keys_msg(missing, unexpected)}; delete it to retrain")
+        own = self.model.state_dict()
+        bad = [k for k, v in obj["state_dict"].items() if tuple(v.shape) != tuple(own[k].shape)]
+        if bad:
+            raise WsbenchError(f"{path} does not fit predictor '{self.name}' with these options: {len(bad)} tensor(s) "
+                               f"of another shape [{', '.join(bad[:4])}]; use the options it was trained with or delete it")
         self.model.load_state_dict(obj["state_dict"])
         self.model.to(self.device).eval()
         self.training_summary = meta.get("training")
