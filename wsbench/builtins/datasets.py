@@ -240,7 +240,8 @@ class Luna16Dataset(Dataset):
                 "patches": {s: {"positive": sum(p["label"] for p in out[s]["patches"]),
                                 "negative": sum(1 - p["label"] for p in out[s]["patches"])}
                             for s in ("train", "validation")},
-                "masks": str(self.options.masks),
+                # what the masks are, not how they were asked for ('auto', a path…): equal trees
+                # with equal masks give equal split records whichever plugin read them
                 "mask_source": self.mask_source().fingerprint(),
                 "unused_scans": len(idx.scans) - len(uids),
             },
