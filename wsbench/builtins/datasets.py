@@ -197,6 +197,7 @@ class Luna16Dataset(Dataset):
         t0 = time.perf_counter()
         idx = self.index()
         split_of = self.assign_splits()
+        idx.candidates  # parse now, so its skip notes are in idx.skipped below
         skipped = list(idx.skipped)
         masks = self.mask_source()
         excluded = self._excluded_findings()

@@ -84,11 +84,11 @@ class Luna16Index:
     root: Path
     scans: dict[str, ScanFile]
     annotations: dict[str, list[Annotation]]
-    candidates: dict[str, list[Candidate]]
     lung_masks: dict[str, Path]
     candidates_file: Path | None
     flat: bool
     skipped: list[str] = field(default_factory=list)
+    _candidates: dict[str, list[Candidate]] | None = field(default=None, repr=False)
 
     def series_uids(self) -> list[str]:
         return sorted(self.scans)
@@ -146,32 +146,43 @@ class Luna16Index:
             annotations[uid].append(Annotation(uid, xyz, d, row, tuple(extra)))
 
         cand_path = next((root / n for n in ("candidates_V2.csv", "candidates.csv") if (root / n).is_file()), None)
-        candidates: dict[str, list[Candidate]] = {u: [] for u in scans}
-        unknown = 0
         if cand_path is None:
             skipped.append(f"{root}: no candidates_V2.csv or candidates.csv; negatives come from random "
                            "lung positions only")
-        else:
-            for row, rec in _read_csv(cand_path, CANDIDATE_COLUMNS, fatal=False, skipped=skipped):
-                try:
-                    xyz = _xyz(rec)
-                    label = int(float(rec["class"]))
-                    if label not in (0, 1):
-                        raise ValueError(f"class={rec['class']!r} is not 0 or 1")
-                except ValueError as e:
-                    skipped.append(f"{cand_path}:{row}: {e}; row skipped")
-                    continue
-                uid = rec["seriesuid"].strip()
-                if uid not in candidates:
-                    unknown += 1  # normal for a partial download: summarised, not listed row by row
-                    continue
-                candidates[uid].append(Candidate(uid, xyz, label, row))
-            if unknown:
-                skipped.append(f"{cand_path}: {unknown} rows name a seriesuid without a scan here; skipped")
-
         lung_dir = root / LUNG_MASK_DIR
         lung_masks = {p.stem: p for p in lung_dir.glob("*.mhd")} if lung_dir.is_dir() else {}
-        return cls(root, scans, annotations, candidates, lung_masks, cand_path, flat, skipped)
+        return cls(root, scans, annotations, lung_masks, cand_path, flat, skipped)
+
+    @property
+    def candidates(self) -> dict[str, list[Candidate]]:
+        """seriesuid → its candidate rows; parsed on first use (LUNA16's 754k rows take seconds,
+        and a cached prepare never needs them). Bad rows are added to :attr:`skipped`."""
+        if self._candidates is None:
+            self._candidates = self._read_candidates()
+        return self._candidates
+
+    def _read_candidates(self) -> dict[str, list[Candidate]]:
+        candidates: dict[str, list[Candidate]] = {u: [] for u in self.scans}
+        if self.candidates_file is None:
+            return candidates
+        path, skipped, unknown = self.candidates_file, self.skipped, 0
+        for row, rec in _read_csv(path, CANDIDATE_COLUMNS, fatal=False, skipped=skipped):
+            uid = rec["seriesuid"].strip()
+            if uid not in candidates:
+                unknown += 1  # normal for a partial download: summarised, not listed row by row
+                continue
+            try:
+                xyz = _xyz(rec)
+                label = int(float(rec["class"]))
+                if label not in (0, 1):
+                    raise ValueError(f"class={rec['class']!r} is not 0 or 1")
+            except ValueError as e:
+                skipped.append(f"{path}:{row}: {e}; row skipped")
+                continue
+            candidates[uid].append(Candidate(uid, xyz, label, row))
+        if unknown:
+            skipped.append(f"{path}: {unknown} rows name a seriesuid without a scan here; skipped")
+        return candidates
 
 
 def _read_csv(path: Path, columns: Sequence[str], *, fatal: bool, skipped: list[str],
