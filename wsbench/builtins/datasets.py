@@ -7,7 +7,9 @@ Per split (by scan; subsets 0-6 / 7 / 8-9 by default, a seeded by-scan split of 
 
 * evaluation cases (validation, test): one patch per ``annotations.csv`` row, the nodule at a
   seeded off-centre offset (``derive_seed(seed, case_id)``), with its truth mask
-  (:mod:`wsbench.data.masks`); case id ``<seriesuid>:<k>`` (k-th valid row of the scan);
+  (:mod:`wsbench.data.masks`: ``auto`` by default — the tree's own ``masks/`` folder if it
+  has one, else the LIDC-IDRI 50 % consensus; any other nodule reaching into the patch is
+  truth too); case id ``<seriesuid>:<k>`` (k-th valid row of the scan);
 * training view (train, validation): image-level labels only — ``positives_per_nodule``
   patches per nodule with jittered offsets (label 1), and ``negatives_per_scan`` patches
   (label 0) centred near ``class 0`` candidates (a ``candidate_fraction`` share) and random
@@ -47,7 +49,14 @@ NODULE_TYPE = {1: "ground-glass", 2: "ground-glass", 3: "part-solid", 4: "part-s
 
 
 class Luna16Dataset(Dataset):
-    """LUNA16 (or any tree in its format), truth masks from LIDC-IDRI, spheres or a folder.
+    """LUNA16 (or any tree in its format); truth masks from LIDC-IDRI, spheres or a folder.
+
+    Example::
+
+        ds = Luna16Dataset({"data_dir": "/data/LUNA16", "masks": "lidc"})
+        ds.prepare(Geometry())                 # reads every scan once, then cached
+        case = next(ds.cases("test", Geometry()))
+        patches = ds.training_patches("train", Geometry())
 
     Subclasses (e.g. the synthetic set) override :meth:`root` and may change option defaults.
     """
