@@ -184,6 +184,9 @@ class LidcMasks(MaskSource):
         nz = image.GetSize()[2]
         ox, oy = image.GetOrigin()[:2]
         d = np.array(image.GetDirection()).reshape(3, 3)
+        if abs(image.GetSpacing()[0] - lscan.pixel_spacing) > 1e-3:
+            notes.append(f"{seriesuid}: pixel spacing {image.GetSpacing()[0]:g} mm differs from LIDC-IDRI's "
+                         f"{lscan.pixel_spacing:g} mm; is this the same series? its LIDC masks may be wrong")
         if not np.allclose(d[:2, :2], np.eye(2), atol=1e-3):
             notes.append(f"{seriesuid}: in-plane direction is not the identity; LIDC outlines assume the "
                          "DICOM pixel order (col, row) = voxel (x, y) as in LUNA16 — check its masks")
