@@ -30,13 +30,16 @@ from wsbench.data.intensity import HU_MAX, HU_MIN, hu_to_norm
 from wsbench.data.types import Case, PatchSet
 from wsbench.paths import cache_dir
 
-CACHE_VERSION = 1
+#: bump when the fingerprint's recipe changes (changes every dataset's fingerprint)
+FINGERPRINT_VERSION = 1
+#: bump when what is cached changes (sampling, resampling, masks): old cache entries are ignored
+CACHE_VERSION = 2
 
 
 def tree_fingerprint(root: Path, files: Iterable[Path], extra: Iterable[str] = ()) -> str:
     """sha256 (16 hex) of ``files`` (paths relative to ``root``, sizes; ``.mhd``/``.csv`` bytes)
     and ``extra`` strings (e.g. the mask source's fingerprint)."""
-    h = hashlib.sha256(f"wsbench-tree-v{CACHE_VERSION}\n".encode())
+    h = hashlib.sha256(f"wsbench-tree-v{FINGERPRINT_VERSION}\n".encode())
     root = Path(root)
     for p in sorted(set(Path(f) for f in files)):
         if not p.is_file():
