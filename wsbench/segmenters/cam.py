@@ -57,10 +57,18 @@ import torch
 
 from wsbench.errors import WsbenchError
 from wsbench.interfaces import Segmenter
+from wsbench.options import NoOptions, describe_options
 from wsbench.segmenters.layer_capture import capture_layer
 from wsbench.segmenters.maps import finite, upsample_to
 
 _SPATIAL = (2, 3, 4)
+
+
+def gap_head_option(predictor_cls) -> bool:
+    """True when the predictor class has an option ``head`` with choice ``"gap"`` (which gives
+    an exact CAM head, e.g. ``cnn3d``)."""
+    return any(d["name"] == "head" and "gap" in (d["choices"] or ())
+               for d in describe_options(getattr(predictor_cls, "Options", NoOptions)))
 
 
 class _CamSegmenter(Segmenter):
@@ -74,9 +82,13 @@ class _CamSegmenter(Segmenter):
         """``(B, C, d, h, w)`` activations and gradients → ``(B, d, h, w)`` map."""
         raise NotImplementedError
 
-    def segment(self, x: torch.Tensor, predictor=None, generator=None) -> torch.Tensor:
+    def check(self, predictor) -> None:
+        """Raise :class:`WsbenchError` before any work when ``predictor`` cannot be used."""
         if predictor is None:
             raise WsbenchError(f"segmenter '{self.name}' needs a predictor; pass --predictor NAME")
+
+    def segment(self, x: torch.Tensor, predictor=None, generator=None) -> torch.Tensor:
+        self.check(predictor)
         cap = capture_layer(predictor, x, need_gradients=self.uses_gradients)
         m = self.combine(cap.activations, cap.gradients, predictor)
         return finite(upsample_to(m, tuple(x.shape[-3:])))
@@ -89,12 +101,16 @@ class CAMSegmenter(_CamSegmenter):
     description = "CAM (Zhou 2016): GAP-head weights x last-layer features, upsampled (needs a predictor with cam_head)"
     uses_gradients = False
 
-    def combine(self, acts, grads, predictor):
-        head = predictor.cam_head()
-        if head is None:
+    def check(self, predictor) -> None:
+        super().check(predictor)
+        if predictor.cam_head() is None:
+            hint = " or -o predictor.head=gap" if gap_head_option(type(predictor)) else ""
             raise WsbenchError(
                 f"segmenter 'cam' needs a predictor with a global-average-pooling linear head, and "
-                f"'{predictor.name}' has none (cam_head() is None); use --segmenter gradcam instead")
+                f"'{predictor.name}' has none (cam_head() is None); use --segmenter gradcam{hint}")
+
+    def combine(self, acts, grads, predictor):
+        head = predictor.cam_head()
         w = head.weight.to(acts.device, acts.dtype).reshape(-1)
         if w.numel() != acts.shape[1]:
             raise WsbenchError(
