@@ -199,6 +199,13 @@ def test_second_prepare_reads_no_volume(tree, monkeypatch):
     np.testing.assert_array_equal(cases1[0].image, cases2[0].image)
     np.testing.assert_array_equal(cases1[0].mask, cases2[0].mask)
     np.testing.assert_array_equal(train1.images, second.training_patches("train", GEO).images)
+    # a damaged cache entry is rebuilt, not trusted
+    monkeypatch.undo()
+    (second._cache.dir / "meta.json").write_text("{not json")
+    third = dataset(root)
+    third.prepare(GEO)
+    np.testing.assert_array_equal(list(third.cases("test", GEO))[0].image, cases1[0].image)
+    monkeypatch.setattr(sitk, "ReadImage", boom)
     # a different geometry is a different cache entry: it must read volumes again
     with pytest.raises(AssertionError, match="volume read"):
         dataset(root).prepare(Geometry(size=12, spacing_mm=1.0, max_offset_vox=2))

@@ -28,6 +28,7 @@ import numpy as np
 
 from wsbench.data.intensity import HU_MAX, HU_MIN, hu_to_norm
 from wsbench.data.types import Case, PatchSet
+from wsbench.interfaces.dataset import SPLITS
 from wsbench.paths import cache_dir
 
 #: bump when the fingerprint's recipe changes (changes every dataset's fingerprint)
@@ -98,7 +99,15 @@ class PatchCache:
         return self.dir / "meta.json"
 
     def complete(self) -> bool:
-        return self.meta_path.is_file()
+        """True when ``meta.json`` (written last) and every split file exist and the meta parses;
+        anything less (an interrupted or damaged cache) is rebuilt."""
+        if not self.meta_path.is_file() or not all((self.dir / f"{s}.npz").is_file() for s in SPLITS):
+            return False
+        try:
+            self.meta()
+        except (OSError, ValueError):
+            return False
+        return True
 
     def meta(self) -> dict[str, Any]:
         return json.loads(self.meta_path.read_text())
