@@ -48,6 +48,8 @@ def test_tree_has_luna16_layout(tree):
         assert (tree / f"subset{i}").is_dir()
     mhds = sorted(tree.glob("subset*/*.mhd"))
     assert len(mhds) == 4
+    # seed 3 gives one scan stored head-first (direction z = -1): the mapping tests cover it
+    assert sorted(sitk.ReadImage(str(m)).GetDirection()[8] for m in mhds) == [-1.0, 1.0, 1.0, 1.0]
     for mhd in mhds:
         uid = mhd.stem
         assert uid.startswith("1.3.6.1.4.1.14519.5.2.1.6279.6001.") and len(uid.split(".")[-1]) == 30
