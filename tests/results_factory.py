@@ -15,6 +15,7 @@ import numpy as np
 
 from wsbench import metrics
 from wsbench.benchmark import load_benchmark
+from wsbench.binarize import Binarizer
 
 SHAPE = (24, 24, 24)
 SPACING = (1.0, 1.0, 1.0)
@@ -89,7 +90,8 @@ def make_results(segmenter: str = "gradcam", predictor: str | None = "cnn3d", ge
                     "split": {"test": n}, "skipped": []},
         "plugins": {"segmenter": plugin(segmenter), "predictor": plugin(predictor, prov={"init": init}),
                     "generator": plugin(generator, prov={"init": "scratch"})},
-        "binarization": {"rule": bench.binarization_rule, "params": {"threshold": 0.5},
+        "binarization": {"rule": bench.binarization_rule, "options": Binarizer(bench.binarization_rule, {}, {}).options,
+                         "params": {"threshold": 0.5},
                          "fitted_on": "validation", "n_cases": n, "validation_mean_dice": 0.5},
         "cases": records,
         "aggregate": json.loads(json.dumps(stats.aggregate(records, seed=seed))),

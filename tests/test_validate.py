@@ -193,8 +193,13 @@ def test_expected_split(good, tmp_path):
     bench.expected = {"n_test_cases": 40}
     assert validate_results(limited, benchmark=bench) == []
     assert any("--limit 6" in p for p in validate_results(limited, benchmark=bench, submission=True))
+    from wsbench.binarize import Binarizer
+
+    default = Binarizer(good["binarization"]["rule"], {}, {}).options  # as the runner records them
     tuned = copy.deepcopy(good)
-    tuned["binarization"]["options"] = {"grid": 7}
+    tuned["binarization"]["options"] = dict(default)
+    assert validate_results(tuned, submission=True) == []
+    tuned["binarization"]["options"]["components"] = "peak"
     assert validate_results(tuned) == []
     assert any("submissions use the benchmark's rule" in p for p in validate_results(tuned, submission=True))
 

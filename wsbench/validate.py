@@ -625,12 +625,25 @@ def validate_results(data_or_path: Any, *, benchmark: Any = None, submission: bo
         if not d["complete"]:
             problems.append("the run is not complete ('complete' is false); finish it before submitting")
         used = d["binarization"].get("options")
-        if used is not None and used != d["benchmark"]["binarization"]["options"]:
-            problems.append(f"binarization options {_short(used)} differ from the benchmark's "
-                            f"{_short(d['benchmark']['binarization']['options'])}; submissions use the benchmark's rule")
+        if used is not None:
+            want = _resolved_binarization_options(d["binarization"]["rule"], d["benchmark"]["binarization"]["options"])
+            if want is None or used != want:
+                problems.append(f"binarization options {_short(used)} differ from the benchmark's "
+                                f"{_short(want)}; submissions use the benchmark's rule")
         if d.get("limit") is not None:
             problems.append(f"the run used --limit {d['limit']}; submissions must cover the whole test split")
     return problems
+
+
+def _resolved_binarization_options(rule: str, options: dict[str, Any]) -> dict[str, Any] | None:
+    """The benchmark's binarisation options with the rule's defaults filled in (as the runner
+    records them), or None if the rule or options are unknown to this wsbench."""
+    from wsbench.binarize import Binarizer
+
+    try:
+        return json.loads(json.dumps(Binarizer(rule, dict(options), {}).options))
+    except WsbenchError:
+        return None
 
 
 def load_results(path: str | Path, *, benchmark: Any = None, submission: bool = False) -> dict[str, Any]:
