@@ -125,6 +125,9 @@ class Thorax:
         dy = Y - self.cy
         # the band narrows posteriorly, widens anteriorly (great vessels, thymus)
         half = 0.075 * ac + 0.06 * ac * np.clip(-dy / bac, 0, 1) + margin
+        # flare where the band meets the chest wall, so the lungs' medial corners are rounded
+        vv = np.where(dy < 0, -dy / bac, dy / bpc)
+        half = half + 0.12 * ac * np.clip((vv - 0.75) / 0.25, 0, 1) ** 2
         band = np.abs(dx - 0.04 * ac) < half
         hz = np.clip(1.0 - ((Z - self.z_heart) / 70.0) ** 2, 0, 1)
         hs = np.sqrt(hz)

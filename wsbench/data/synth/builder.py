@@ -43,7 +43,7 @@ def derive_seed(seed: int, *keys: object) -> int:
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 #: Bumped whenever the generator's output changes for a given seed (part of the cache key).
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 #: Default scan count: ~2.8 nodules per scan, so the test subsets hold ≥ 25 nodules and
 #: the validation subset ≥ 12 (see tests/test_synth.py).
 DEFAULT_SCANS = 60
