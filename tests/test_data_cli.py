@@ -90,3 +90,29 @@ def test_bad_dataset_option_is_one_line(cli, tmp_path):
 def test_help_has_an_example(cli, cmd):
     res = CliRunner().invoke(cli, ["data", cmd, "--help"])
     assert res.exit_code == 0 and "Example" in res.output and "wsbench data" in res.output
+
+
+def test_luna16_reading_of_a_synth_tree_equals_the_builtin_dataset(tree, tmp_path, monkeypatch, pool):
+    """`data synth --out X` read with `--dataset luna16 -o dataset.masks=X/masks` gives the same
+    fingerprint and the same cases as `luna16-synth` (built separately into the cache)."""
+    import numpy as np
+
+    from wsbench import plugins
+    from wsbench.data.types import Geometry
+
+    monkeypatch.setattr(builder, "default_shapes", lambda progress=None: pool)
+    monkeypatch.setenv("WSBENCH_CACHE", str(tmp_path / "cache"))
+    man = json.loads((tree / "synth.json").read_text())
+    used = sorted({s["subset"] for s in man["series"]})
+    split = {"train_subsets": str(used[0]), "validation_subsets": "", "test_subsets": str(used[1])}
+    synth = plugins.get("dataset", "luna16-synth").cls({"scans": 2, "seed": 4, **split})
+    real = plugins.get("dataset", "luna16").cls({"data_dir": str(tree), "masks": str(tree / "masks"), "seed": 4,
+                                                 **split})
+    assert synth.root() != tree
+    assert synth.fingerprint() == real.fingerprint()
+    geo = Geometry(size=24, spacing_mm=1.0, max_offset_vox=4)
+    a, b = list(synth.cases("test", geo)), list(real.cases("test", geo))
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert x.case_id == y.case_id and x.info["nodule_type"] == y.info["nodule_type"]
+        assert np.array_equal(x.image, y.image) and np.array_equal(x.mask, y.mask)
