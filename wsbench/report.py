@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -287,8 +288,9 @@ def make_report(results: Sequence[str | Path], out_dir: str | Path | None = None
                 else:
                     with np.load(npz) as z:
                         arrays = {k: z[k] for k in z.files}
-                    rel = Path("cases") / run.slug / f"{i:03d}-{sanitize_name(c['case_id'])}.png"
-                    title = (f"{run.label} · {c['case_id']} · Dice {_fmt(c['metrics']['dice'])} · "
+                    # the index keeps names unique; the id's tail (e.g. "...781408:3") is its distinctive part
+                    rel = Path("cases") / run.slug / f"{i:03d}-{sanitize_name(str(c['case_id'])[-48:])}.png"
+                    title = (f"{run.label} · {c['case_id']}\nDice {_fmt(c['metrics']['dice'])} · "
                              f"MSD {_fmt(c['metrics']['msd_mm'], 2)} mm · ⌀ {_fmt(c['info'].get('diameter_mm'), 1)} mm")
                     montage(arrays, out / rel, title=title)
                     entries.append((c, rel, ""))
@@ -314,6 +316,11 @@ def _summary_rows(runs: Sequence[Run]) -> list[list[str]]:
 _SUMMARY_HEAD = ["method", "cases", "Dice mean", "Dice median", "MSD median (mm)", "failed"]
 
 
+def _md_text(s: Any) -> str:
+    """A case id for markdown: characters outside ``[A-Za-z0-9._:+-]`` become ``_`` (no markup)."""
+    return re.sub(r"[^A-Za-z0-9._:+-]", "_", str(s))[:200]
+
+
 def _render_md(runs, plots, sections) -> str:
     from tabulate import tabulate
 
@@ -327,10 +334,10 @@ def _render_md(runs, plots, sections) -> str:
     for run, entries in sections:
         lines += [f"## {run.label}", ""]
         for c, rel, note in entries:
-            head = (f"### {sanitize_name(c['case_id'])} — Dice {_fmt(c['metrics']['dice'])}, "
+            head = (f"### {_md_text(c['case_id'])} — Dice {_fmt(c['metrics']['dice'])}, "
                     f"MSD {_fmt(c['metrics']['msd_mm'], 2)} mm, diameter {_fmt(c['info'].get('diameter_mm'), 1)} mm")
             lines += [head, ""]
-            lines += [f"![{sanitize_name(c['case_id'])}]({rel.as_posix()})" if rel else
+            lines += [f"![{_md_text(c['case_id'])}]({rel.as_posix()})" if rel else
                       f"_{html.escape(note)}_", ""]
     return "\n".join(lines)
 
