@@ -75,7 +75,7 @@ def test_show_on_an_empty_split_says_so(cli, tree, tmp_path):
 def test_prepare_reads_the_tree_as_luna16(cli, tree, tmp_path, monkeypatch):
     monkeypatch.setenv("WSBENCH_CACHE", str(tmp_path / "cache"))
     res = CliRunner().invoke(cli, ["data", "prepare", "-b", "luna16", "--data-dir", str(tree),
-                                   "-o", f"masks={tree / 'masks'}", "-o", "train_subsets=0-9",
+                                   "-o", "masks=auto", "-o", "train_subsets=0-9",
                                    "-o", "validation_subsets=", "-o", "test_subsets="])
     assert res.exit_code == 0, res.output
     assert "fingerprint" in res.output and "'train': 2" in res.output
@@ -93,7 +93,7 @@ def test_help_has_an_example(cli, cmd):
 
 
 def test_luna16_reading_of_a_synth_tree_equals_the_builtin_dataset(tree, tmp_path, monkeypatch, pool):
-    """`data synth --out X` read with `--dataset luna16 -o dataset.masks=X/masks` gives the same
+    """`data synth --out X` read with `--dataset luna16 --data-dir X` gives the same
     fingerprint and the same cases as `luna16-synth` (built separately into the cache)."""
     import numpy as np
 
@@ -106,8 +106,7 @@ def test_luna16_reading_of_a_synth_tree_equals_the_builtin_dataset(tree, tmp_pat
     used = sorted({s["subset"] for s in man["series"]})
     split = {"train_subsets": str(used[0]), "validation_subsets": "", "test_subsets": str(used[1])}
     synth = plugins.get("dataset", "luna16-synth").cls({"scans": 2, "seed": 4, **split})
-    real = plugins.get("dataset", "luna16").cls({"data_dir": str(tree), "masks": str(tree / "masks"), "seed": 4,
-                                                 **split})
+    real = plugins.get("dataset", "luna16").cls({"data_dir": str(tree), "seed": 4, **split})  # masks: auto
     assert synth.root() != tree
     assert synth.fingerprint() == real.fingerprint()
     geo = Geometry(size=24, spacing_mm=1.0, max_offset_vox=4)

@@ -60,8 +60,7 @@ def synth_cmd(out: str, scans: int | None, seed: int, workers: int | None) -> No
     \b
     Example:
       wsbench data synth --out ~/synth --scans 60 --seed 0
-      wsbench run --dataset luna16 --data-dir ~/synth -o dataset.masks=~/synth/masks \\
-                  --segmenter gradcam --predictor cnn3d
+      wsbench run --dataset luna16 --data-dir ~/synth --segmenter gradcam --predictor cnn3d
     """
     from wsbench.data.synth import DEFAULT_SCANS, build
     from wsbench.progress import Progress
@@ -98,9 +97,7 @@ def _dataset(benchmark: str | None, data_dir: str | None, options: dict):
 
     if benchmark is None and data_dir is not None:
         root = Path(data_dir).expanduser()
-        opts = {"data_dir": str(root), **options}
-        if "masks" not in opts:
-            opts["masks"] = str(root / "masks") if (root / "masks").is_dir() else "sphere"
+        opts = {"data_dir": str(root), **options}  # masks: the reader's 'auto' (the tree's masks/ or LIDC)
         return plugins.get("dataset", "luna16").cls(opts), None
     bench = load_benchmark(benchmark)
     return bench.build_dataset(data_dir=data_dir, overrides=options), bench

@@ -7,7 +7,8 @@ With ``data_dir`` the tree is built there if the folder is missing or empty, and
 holds a tree of the same version, scan count and seed.
 
 Reading is exactly :class:`wsbench.builtins.datasets.Luna16Dataset` (same cases, offsets,
-training view and patch cache), with truth masks from the generator (``<tree>/masks``).
+training view and patch cache), with truth masks from the generator (``<tree>/masks``, which
+the reader's ``masks="auto"`` picks up).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from pathlib import Path
 
 from wsbench import progress as _progress
 from wsbench.builtins.datasets import Luna16Dataset
-from wsbench.data.masks import DirMasks, mask_source
 from wsbench.data.synth.builder import DEFAULT_SCANS, GENERATOR_VERSION, build
 from wsbench.errors import DataError
 from wsbench.options import option
@@ -89,8 +89,8 @@ class SynthDataset(Luna16Dataset):
     class Options(Luna16Dataset.Options):
         data_dir: Path | None = option(None, "where the synthetic tree lives (built there if missing); "
                                              "default: the wsbench cache")
-        masks: str = option("synth", "truth masks: 'synth' (the generator's exact masks), 'sphere' "
-                                     "(ball of diameter_mm) or a folder of masks")
+        masks: str = option("auto", "truth masks: 'auto' (the generator's exact masks, the tree's masks/), "
+                                    "'sphere' (ball of diameter_mm) or a folder of masks")
         scans: int = option(DEFAULT_SCANS, "number of synthetic CT scans (spread over subset0..9)")
         seed: int = option(0, "seed of the synthetic set and of its case offsets and training sampling")
 
@@ -98,7 +98,7 @@ class SynthDataset(Luna16Dataset):
             if self.scans < 1:
                 raise ValueError(f"scans must be at least 1, got {self.scans}")
             if self.masks == "lidc":
-                raise ValueError("masks=lidc needs real LIDC-IDRI scans; use 'synth' or 'sphere'")
+                raise ValueError("masks=lidc needs real LIDC-IDRI scans; use 'auto' or 'sphere'")
             super().validate()
 
     def __init__(self, options=None, *, device="cpu", seed=0) -> None:
@@ -109,14 +109,6 @@ class SynthDataset(Luna16Dataset):
         if self._root is None:
             self._root = ensure_tree(self.options.scans, self.options.seed, self.options.data_dir, progress)
         return self._root
-
-    def mask_source(self):
-        if self._masks is None:
-            if self.options.masks == "synth":
-                self._masks = DirMasks(self.root() / "masks")
-            else:
-                self._masks = mask_source(self.options.masks)
-        return self._masks
 
     def prepare(self, geometry, progress=None) -> None:
         self.root(_progress.ensure(progress))
