@@ -340,3 +340,18 @@ def test_maisi_axes_round_trip(monkeypatch):
     assert torch.equal(g._from_model_axes(m), a)
     # RAS: model index (0, 0, 0) is the patch's last x and y, first z
     assert m[0, 0, 0, 0, 0] == a[0, 0, 0, 3, 4]
+
+
+def test_builtins_register_generators_and_command():
+    from click.testing import CliRunner
+
+    from wsbench import plugins
+    from wsbench.cli import cli, main  # noqa: F401  (main adds plugin commands)
+
+    reg = plugins.get_registry()
+    assert {"rflow", "maisi"} <= set(reg.names("generator"))
+    assert reg.get("generator", "rflow").cls is RFlowGenerator
+    plugins.add_commands(cli)
+    res = CliRunner().invoke(cli, ["check-generator", "--help"])
+    assert res.exit_code == 0, res.output
+    assert "wsbench check-generator" in res.output
