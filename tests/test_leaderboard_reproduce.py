@@ -38,6 +38,11 @@ def test_compare_identical_and_perturbed():
     assert cmp["missing"] == [a["cases"][2]["case_id"]] and not cmp["passed"]
     assert cmp["rows"][0]["status"] == "ok -> failed"
 
+    f = copy.deepcopy(a)
+    f["dataset"]["fingerprint"] = "another"
+    cmp = compare_runs(a, f, atol=1.0)
+    assert all(r["ok"] for r in cmp["rows"]) and not cmp["same_data"] and not cmp["passed"]
+
     e = copy.deepcopy(a)
     e["cases"].append(dict(e["cases"][0], case_id="new"))
     assert compare_runs(a, e, atol=1.0)["extra"] == ["new"]

@@ -34,8 +34,10 @@ def compare_runs(original: dict[str, Any], rerun: dict[str, Any], atol: float) -
 
     Returns ``{"rows": [{"case_id", "status", "diffs": {metric: new - old}, "ok"}],
     "max_abs_diff": {metric: float}, "missing": [...], "extra": [...], "threshold_diff": {...},
-    "passed": bool}``. A case passes when both runs have it with the same status, every number
-    of :data:`REPRO_NUMBERS` differs by at most ``atol`` and every flag is equal.
+    "fingerprints": (old, new), "same_data": bool, "passed": bool}``. A case passes when both
+    runs have it with the same status, every number of :data:`REPRO_NUMBERS` differs by at most
+    ``atol`` and every flag is equal; the run passes when every case does, no case is extra and
+    the dataset fingerprints are equal.
     """
     new = {c["case_id"]: c for c in rerun["cases"]}
     old_ids = [c["case_id"] for c in original["cases"]]
@@ -62,10 +64,13 @@ def compare_runs(original: dict[str, Any], rerun: dict[str, Any], atol: float) -
     p_new = (rerun.get("binarization") or {}).get("params") or {}
     tdiff = {k: float(p_new[k]) - float(p_old[k]) for k in p_old
              if k in p_new and isinstance(p_old[k], (int, float)) and isinstance(p_new[k], (int, float))}
+    fp_old = (original.get("dataset") or {}).get("fingerprint")
+    fp_new = (rerun.get("dataset") or {}).get("fingerprint")
     return {"rows": rows, "max_abs_diff": max_diff, "missing": [r["case_id"] for r in rows if not r["diffs"]
                                                                  and r["status"] == "missing in rerun"],
             "extra": extra, "threshold_diff": tdiff,
-            "passed": all(r["ok"] for r in rows) and not extra and bool(rows)}
+            "fingerprints": (fp_old, fp_new), "same_data": fp_old == fp_new,
+            "passed": all(r["ok"] for r in rows) and not extra and bool(rows) and fp_old == fp_new}
 
 
 def rerun_config(data: dict[str, Any], *, out_dir: str, device: str, benchmark: str | None = None,
@@ -123,6 +128,11 @@ def _print_comparison(cmp: dict[str, Any], atol: float, show_all: bool) -> None:
     console.print("max |Δ|: " + ", ".join(f"{k} {v:.2e}" for k, v in cmp["max_abs_diff"].items()), highlight=False)
     if cmp["threshold_diff"]:
         console.print("fitted binarisation Δ: " + ", ".join(f"{k} {v:+.2e}" for k, v in cmp["threshold_diff"].items()),
+                      highlight=False)
+    if not cmp["same_data"]:
+        fo, fn = cmp["fingerprints"]
+        console.print(f"[bold red]the data differ[/]: dataset fingerprint {fo} in the file, {fn} in the rerun "
+                      "(another dataset or generator version, or other data); the cases are not comparable",
                       highlight=False)
     if cmp["extra"]:
         console.print(f"[red]{len(cmp['extra'])} case(s) only in the rerun[/]: {', '.join(cmp['extra'][:5])}")
@@ -321,7 +331,8 @@ def reproduce_cmd(file, out_dir, device, atol, benchmark, data_dir, record, subm
         rec_path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(rec_path, {
             "submission": src.name, "sha256": file_sha256(src), "passed": cmp["passed"], "atol": atol,
-            "n_cases": len(cmp["rows"]), "max_abs_diff": cmp["max_abs_diff"], "device": rerun["device"],
+            "n_cases": len(cmp["rows"]), "max_abs_diff": cmp["max_abs_diff"], "same_data": cmp["same_data"],
+            "device": rerun["device"],
             "wsbench_version": rerun["wsbench_version"], "git_hash": git_hash(),
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
         console.print(f"recorded {rec_path}", highlight=False)
