@@ -56,7 +56,9 @@ def test_rerun_config_uses_the_recorded_configuration():
     assert (cfg.segmenter, cfg.predictor, cfg.generator, cfg.seed, cfg.limit) == ("flow-guide", "cnn3d", "rflow", 7, None)
     assert cfg.benchmark == "luna16-synth" and cfg.dataset == "luna16-synth"
     assert cfg.options == {"segmenter": {"a": 1}, "predictor": {"a": 1}, "generator": {"a": 1},
-                           "dataset": {"n_scans": 12}, "binarization": {"grid": 101}}
+                           "binarization": {"grid": 101}}  # the data: the benchmark's
+    cfg = rerun_config(a, out_dir="x", device="cpu", progress=False, recorded_dataset_options=True)
+    assert cfg.options["dataset"] == {"n_scans": 12}
 
 
 def test_reproduce_a_real_run(testkit, tmp_path):

@@ -74,8 +74,14 @@ def compare_runs(original: dict[str, Any], rerun: dict[str, Any], atol: float) -
 
 
 def rerun_config(data: dict[str, Any], *, out_dir: str, device: str, benchmark: str | None = None,
-                 data_dir: str | None = None, progress: bool = True):
-    """The :class:`wsbench.runner.RunConfig` that reruns a (validated, upgraded) results dict."""
+                 data_dir: str | None = None, progress: bool = True, recorded_dataset_options: bool = False):
+    """The :class:`wsbench.runner.RunConfig` that reruns a (validated, upgraded) results dict.
+
+    Plugins, their options, seed, limit and binarisation options come from the file. The data
+    come from the benchmark definition (the authority for a leaderboard row; a dataset plugin's
+    option names may change between releases) unless ``recorded_dataset_options``; either way
+    the comparison checks the dataset fingerprint.
+    """
     from wsbench.runner import RunConfig
 
     pl = data["plugins"]
@@ -83,11 +89,12 @@ def rerun_config(data: dict[str, Any], *, out_dir: str, device: str, benchmark: 
     for role in ("segmenter", "predictor", "generator"):
         if pl.get(role) and pl[role].get("options"):
             options[role] = dict(pl[role]["options"])
-    ds_opts = dict(data["dataset"].get("options") or {})
-    # the submitter's data folder means nothing here: --data-dir (or the dataset's default) instead
-    ds_opts.pop("data_dir", None)
-    if ds_opts:
-        options["dataset"] = ds_opts
+    if recorded_dataset_options:
+        ds_opts = dict(data["dataset"].get("options") or {})
+        # the submitter's data folder means nothing here: --data-dir (or the dataset's default) instead
+        ds_opts.pop("data_dir", None)
+        if ds_opts:
+            options["dataset"] = ds_opts
     bopts = (data.get("binarization") or {}).get("options")
     if bopts:
         options["binarization"] = dict(bopts)
@@ -132,8 +139,8 @@ def _print_comparison(cmp: dict[str, Any], atol: float, show_all: bool) -> None:
     if not cmp["same_data"]:
         fo, fn = cmp["fingerprints"]
         console.print(f"[bold red]the data differ[/]: dataset fingerprint {fo} in the file, {fn} in the rerun "
-                      "(another dataset or generator version, or other data); the cases are not comparable",
-                      highlight=False)
+                      "(another dataset version, other data, or dataset options: see --recorded-dataset-options); "
+                      "the cases are not comparable", highlight=False)
     if cmp["extra"]:
         console.print(f"[red]{len(cmp['extra'])} case(s) only in the rerun[/]: {', '.join(cmp['extra'][:5])}")
     verdict = "[bold green]PASS[/]" if cmp["passed"] else "[bold red]FAIL[/]"
@@ -286,13 +293,18 @@ def report_cmd(results, out_dir, fmt, max_cases, quiet):
 @click.option("--record", is_flag=True,
               help="FILE is a leaderboard submission: write leaderboard/reproductions/<benchmark>/<name>.json.")
 @click.option("--submissions", default=DEFAULT_SUBMISSIONS, show_default=True, type=click.Path(file_okay=False))
+@click.option("--recorded-dataset-options", is_flag=True,
+              help="Pass the file's dataset options (e.g. a run made with -o dataset.KEY=VALUE) instead of "
+                   "the benchmark's.")
 @click.option("--all", "show_all", is_flag=True, help="List every case, not only the first 20 that match.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def reproduce_cmd(file, out_dir, device, atol, benchmark, data_dir, record, submissions, show_all, quiet):
+def reproduce_cmd(file, out_dir, device, atol, benchmark, data_dir, record, submissions, recorded_dataset_options,
+                  show_all, quiet):
     """Rerun the configuration recorded in a results file and compare per-case metrics.
 
-    Uses the recorded benchmark, plugins and their options, dataset options, seed and limit;
-    trains what is not cached. Exit status 1 when any case differs by more than --atol.
+    Uses the recorded benchmark, plugins and their options, binarisation options, seed and
+    limit, and the benchmark's data; trains what is not cached. Exit status 1 when any case
+    differs by more than --atol or the data's fingerprint differs from the file's.
 
     \b
     Examples:
@@ -322,7 +334,7 @@ def reproduce_cmd(file, out_dir, device, atol, benchmark, data_dir, record, subm
     out = out_dir or str(Path("results") / "reproduce" / sanitize_name(data["benchmark"]["name"])
                          / submission_name(data).removesuffix(".json"))
     cfg = rerun_config(data, out_dir=out, device=device, benchmark=benchmark, data_dir=data_dir,
-                       progress=not quiet)
+                       progress=not quiet, recorded_dataset_options=recorded_dataset_options)
     console.print(f"rerunning {src} into {out}", highlight=False)
     rerun = runner.run(cfg)
     cmp = compare_runs(data, rerun, atol)
