@@ -5,9 +5,9 @@ point queries (is this point in the right lung?) during vessel-tree growth and f
 whole scan volume by broadcasting ``Z (nz,1,1)``, ``Y (1,ny,1)``, ``X (1,1,nx)``.
 
 The thorax is a slab of the mid chest of a *small adult* (body width 190–240 mm, about
-0.75 of a typical adult): with a 256-pixel reconstruction matrix over a body-tight field of
-view this keeps LUNA16-like in-plane spacing (0.79–0.98 mm) at a size that builds in
-about a second per scan (see :mod:`wsbench.data.synth.builder`).
+0.75 of a typical adult): with a 288-pixel reconstruction matrix over a body-tight field of
+view this keeps LUNA16-like in-plane spacing (0.74–0.94 mm) at a size that builds in
+about a second per scan (see :mod:`wsbench.data.synth.scan`).
 
 Tissue labels (:data:`LABELS`) and their mean HU are listed below; lung parenchyma gets a
 gravity gradient (posterior denser) and a correlated texture.

@@ -2,6 +2,17 @@
 
 :func:`make_scan` is a pure function of its seed and the nodule shapes it is given, so a
 build is reproducible scan by scan (and can run scans in parallel processes).
+
+Field of view (reduced on purpose): a slab of the mid chest, 64–88 mm long (at most 110
+slices), of a small adult (body 190–240 mm wide), reconstructed on a 288-pixel matrix over a
+body-tight field of view — in-plane spacing 0.74–0.94 mm (LUNA16: 0.5–0.98 mm) and slices of
+0.625–2.5 mm in LUNA16's proportions. A full LUNA16 volume (512² pixels × ~300 mm) is
+~100 M voxels (~200 MB); this slab is 2–7 M voxels (4–14 MB), so the 60-scan default set
+takes ~1.2 CPU-seconds per scan and ~400 MB, while every 32 mm evaluation patch still sees
+LUNA16-like spacing, noise and anatomy (chest wall, mediastinum, vessels, airways, fissures)
+around its nodule. Scans also vary in origin, direction (a quarter are stored head-first,
+z direction −1), noise (12–40 HU), point spread, and padding outside the reconstruction
+circle (−2000 or −3024 HU in 30 %), as real scanners do.
 """
 
 from __future__ import annotations
