@@ -316,6 +316,11 @@ def _summary_rows(runs: Sequence[Run]) -> list[list[str]]:
 _SUMMARY_HEAD = ["method", "cases", "Dice mean", "Dice median", "MSD median (mm)", "failed"]
 
 
+def _benchmarks(runs: Sequence[Run]) -> list[str]:
+    """The benchmarks of the runs (more than one means the Dice plots mix protocols)."""
+    return sorted({sanitize_name(r.data["benchmark"]["name"]) for r in runs})
+
+
 def _md_text(s: Any) -> str:
     """A case id for markdown: characters outside ``[A-Za-z0-9._:+-]`` become ``_`` (no markup)."""
     return re.sub(r"[^A-Za-z0-9._:+-]", "_", str(s))[:200]
@@ -325,7 +330,7 @@ def _render_md(runs, plots, sections) -> str:
     from tabulate import tabulate
 
     lines = ["# wsbench report", "",
-             f"Benchmark `{sanitize_name(runs[0].data['benchmark']['name'])}`; "
+             f"Benchmark {', '.join(f'`{b}`' for b in _benchmarks(runs))}; "
              f"{len(runs)} results file(s). Montages: axial, coronal, sagittal through the nodule centre; "
              "columns: CT, score map overlay, predicted (red) vs truth (green) contour.", "",
              tabulate(_summary_rows(runs), headers=_SUMMARY_HEAD, tablefmt="github", disable_numparse=True), "",
@@ -348,7 +353,7 @@ def _render_html(runs, plots, sections) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>wsbench report</title>",
              "<style>body{font-family:sans-serif;max-width:960px;margin:auto}td,th{padding:2px 8px}"
              "table{border-collapse:collapse}tr:nth-child(even){background:#f3f3f3}</style></head><body>",
-             f"<h1>wsbench report</h1><p>Benchmark <code>{e(runs[0].data['benchmark']['name'])}</code>; "
+             f"<h1>wsbench report</h1><p>Benchmark {', '.join(f'<code>{e(b)}</code>' for b in _benchmarks(runs))}; "
              f"{len(runs)} results file(s). Montages: axial, coronal, sagittal through the nodule centre; "
              "columns: CT, score map overlay, predicted (red) vs truth (green) contour.</p>",
              "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in _SUMMARY_HEAD) + f"</tr>{rows}</table>",
