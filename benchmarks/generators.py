@@ -137,6 +137,8 @@ def main(argv=None) -> int:
     ap.add_argument("--phantom-patches", type=int, default=1000)
     ap.add_argument("--held-out", type=int, default=16, help="validation patches for the error measurements")
     ap.add_argument("--skip-negatives", action="store_true", help="train only the 'all' model")
+    ap.add_argument("--train-only", choices=("all", "negatives"), default=None,
+                    help="train (and save to --checkpoints) this one model, then stop: to train both in parallel")
     ap.add_argument("--checkpoints", type=Path, default=None, help="folder to save/reuse the two checkpoints")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
@@ -154,7 +156,8 @@ def main(argv=None) -> int:
     results: dict = {"data": source, "threads": args.threads, "patch_size": size}
 
     models = {}
-    for data in ("all",) if args.skip_negatives else ("all", "negatives"):
+    kinds = ("all",) if args.skip_negatives else ("all", "negatives")
+    for data in (args.train_only,) if args.train_only else kinds:
         opts = {"data": data}
         if args.steps is not None:
             opts["steps"] = args.steps
@@ -171,6 +174,8 @@ def main(argv=None) -> int:
         print(f"[{data}] training: {json.dumps(summary)}", flush=True)
         results[f"training_{data}"] = summary
         models[data] = gen
+    if args.train_only:
+        return 0
 
     gen = models["all"]
     results["sampling_ms_per_step"] = {f"batch{b}": round(sampling_ms_per_step(gen, size, b), 1) for b in (1, 8)}
