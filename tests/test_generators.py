@@ -355,3 +355,24 @@ def test_builtins_register_generators_and_command():
     res = CliRunner().invoke(cli, ["check-generator", "--help"])
     assert res.exit_code == 0, res.output
     assert "wsbench check-generator" in res.output
+
+
+def test_checkpoint_cache_reuses_rflow(tmp_path):
+    """Through the runner's checkpoint cache: the second call loads instead of training again."""
+    from wsbench.checkpoints import fit_or_load
+
+    train = blob_patches(8, size=8, seed=0)
+    calls = []
+
+    def make():
+        g = RFlowGenerator({**TINY, "steps": 2, "batch_size": 2}, seed=3)
+        return g, (lambda: calls.append(1) or g.fit(train, None))
+
+    g1, fit1 = make()
+    ck1 = fit_or_load(g1, "k", fit1, root=tmp_path)
+    g2, fit2 = make()
+    ck2 = fit_or_load(g2, "k", fit2, root=tmp_path)
+    assert (ck1["cached"], ck2["cached"]) == (False, True) and len(calls) == 1
+    assert ck1["sha256"] == ck2["sha256"]
+    z, t = torch.from_numpy(train.images[:2, None]), torch.tensor([0.2, 0.7])
+    assert torch.equal(g1.velocity(z, t), g2.velocity(z, t))
