@@ -129,3 +129,18 @@ def test_contours_sit_on_the_mask(tmp_path):
         # compare bounding-box centres (a line's pixel centroid depends on antialiasing)
         shift = np.abs((bright.min(0) + bright.max(0)) / 2 - (red.min(0) + red.max(0)) / 2)
         assert shift.max() < 0.25 * px_per_voxel, (row, shift, px_per_voxel)
+
+
+def test_report_text_from_results_carries_no_markup(tmp_path):
+    import json
+
+    p = write_run(tmp_path / "run", n=2, failed=(0,))
+    data = json.loads(p.read_text())
+    data["cases"][0]["error"] = "<script>alert(1)</script> [click](javascript:alert(1)) **x**"
+    data["failures"][0]["error"] = data["cases"][0]["error"]
+    p.write_text(json.dumps(data))
+    md = make_report([p], tmp_path / "md", fmt="md").read_text()
+    htm = make_report([p], tmp_path / "html", fmt="html").read_text()
+    assert "failed: RuntimeError" not in md and "alert 1" in md
+    assert "<script>" not in md and "](javascript" not in md
+    assert "<script>" not in htm and "&lt;script&gt;" in htm  # escaped; markdown syntax is inert in HTML

@@ -326,6 +326,11 @@ def _md_text(s: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._:+-]", "_", str(s))[:200]
 
 
+def _md_note(s: Any) -> str:
+    """Free text from a results file (an error message) as plain markdown: no links, tags or emphasis."""
+    return re.sub(r"[^A-Za-z0-9 .,:;=+-]", " ", str(s))[:300].strip()
+
+
 def _render_md(runs, plots, sections) -> str:
     from tabulate import tabulate
 
@@ -343,7 +348,7 @@ def _render_md(runs, plots, sections) -> str:
                     f"MSD {_fmt(c['metrics']['msd_mm'], 2)} mm, diameter {_fmt(c['info'].get('diameter_mm'), 1)} mm")
             lines += [head, ""]
             lines += [f"![{_md_text(c['case_id'])}]({rel.as_posix()})" if rel else
-                      f"_{html.escape(note)}_", ""]
+                      f"_{_md_note(note)}_", ""]
     return "\n".join(lines)
 
 
