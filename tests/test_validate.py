@@ -73,6 +73,11 @@ def test_tampered_bookkeeping(good):
     bad["cases"][1]["case_id"] = bad["cases"][0]["case_id"]
     assert any("duplicate case ids" in p for p in validate_results(bad))
     bad = copy.deepcopy(good)
+    bad["dataset"]["split"] = {"cases": {"test": 7, "validation": 3}}
+    assert any("6 test cases, but the dataset's split records 7" in p for p in validate_results(bad))
+    bad["dataset"]["split"]["cases"]["test"] = 6
+    assert validate_results(bad) == []
+    bad = copy.deepcopy(good)
     bad["binarization"]["fitted_on"] = "test"
     assert any("fitted on 'validation' only" in p for p in validate_results(bad))
 

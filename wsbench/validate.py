@@ -20,7 +20,8 @@ Consistency
       (with the recorded seed) matches every number stored in ``aggregate`` within
       ``1e-9 * max(1, |x|)``;
     * case ids are unique, failed cases and the ``failures`` list agree,
-      ``timings.seconds_per_case`` is the mean of the per-case seconds;
+      ``timings.seconds_per_case`` is the mean of the per-case seconds, and the number of cases
+      equals the dataset's recorded test-case count (``dataset.split.cases.test``, if present);
     * when the benchmark definition is known here (``benchmarks/<name>.toml`` or
       ``WSBENCH_BENCHMARK_PATH``): version, geometry and binarisation rule match, and — when it
       carries ``[expected]`` — the dataset fingerprint and the number of test cases match.
@@ -512,6 +513,14 @@ def _check_consistency(d: dict[str, Any], benchmark: Any = None) -> list[str]:
         spc = d["timings"]["seconds_per_case"]
         if abs(spc - mean_s) > 1e-6 * max(1.0, mean_s):
             p.append(f"timings.seconds_per_case = {spc} but the per-case seconds average {mean_s}")
+    # the dataset's own count of test cases (luna16 / luna16-synth record split.cases.test)
+    n_split = (d["dataset"]["split"].get("cases") or {}).get("test") if isinstance(
+        d["dataset"]["split"].get("cases"), dict) else None
+    if _is_int(n_split):
+        want = n_split if d.get("limit") is None else min(n_split, int(d["limit"]))
+        if len(cases) != want:
+            p.append(f"{len(cases)} test cases, but the dataset's split records {n_split}"
+                     + (f" (limit {d['limit']})" if d.get("limit") is not None else ""))
     p.extend(_required_aggregate(d))
     try:
         fresh = recompute_aggregate(d)
