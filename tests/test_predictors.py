@@ -64,6 +64,15 @@ def tiny_sets():
     return phantom_patchset(96, 1), phantom_patchset(48, 2), phantom_patchset(48, 3)
 
 
+@pytest.fixture
+def one_thread():
+    """Training-heavy tests run on one thread (faster on shared CI cores); restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _scratch(cls, opts=None, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScratchInitWarning)
@@ -165,8 +174,7 @@ def test_cnn3d_shapes_gradients_and_exact_cam_head():
 
 
 @pytest.mark.slow
-def test_short_training_raises_auc_clearly_above_chance(tiny_sets):
-    torch.set_num_threads(1)
+def test_short_training_raises_auc_clearly_above_chance(tiny_sets, one_thread):
     train, val, test = tiny_sets
     p = CNN3DPredictor({"width": 8, "epochs": 8, "batch_size": 16, "patience": 8, "lr": 3e-3}, seed=0)
     before = roc_auc(p.logits(torch.from_numpy(test.images)[:, None]).detach().numpy(), test.labels)
@@ -179,7 +187,7 @@ def test_short_training_raises_auc_clearly_above_chance(tiny_sets):
     assert {"val_auc", "epochs", "steps", "seconds", "history"} <= set(summary)
 
 
-def test_same_seed_same_weights_and_save_load_round_trip(tmp_path):
+def test_same_seed_same_weights_and_save_load_round_trip(tmp_path, one_thread):
     train, val = phantom_patchset(16, 7), phantom_patchset(8, 8)
     opts = {"width": 4, "epochs": 2, "batch_size": 8}
     a, b = CNN3DPredictor(opts, seed=5), CNN3DPredictor(opts, seed=5)
@@ -340,8 +348,7 @@ def _vendored_tinyvit():
 
 @needs_medsam
 @pytest.mark.slow
-def test_medsam_encoder_equals_litemedsam_reference_implementation():
-    torch.set_num_threads(1)
+def test_medsam_encoder_equals_litemedsam_reference_implementation(one_thread):
     ref = _vendored_tinyvit()
     sd = torch.load(lite_medsam_weights_path(), map_location="cpu", weights_only=True)
     ref.load_state_dict({k[len("image_encoder."):]: v for k, v in sd.items() if k.startswith("image_encoder.")})
@@ -355,7 +362,7 @@ def test_medsam_encoder_equals_litemedsam_reference_implementation():
 
 
 @needs_medsam
-def test_medsam_shapes_gradients_and_cached_head_fit():
+def test_medsam_shapes_gradients_and_cached_head_fit(one_thread):
     p = MedSAMPredictor({"input_size": 32, "slices": 3, "slice_stride": 4, "epochs": 3, "batch_size": 8})
     x = torch.randn(2, 1, 32, 32, 32, requires_grad=True)
     feats = []

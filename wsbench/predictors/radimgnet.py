@@ -16,6 +16,10 @@ Pipeline for a patch batch ``(B, 1, D, H, W)`` in normalised intensity ``[-1, 1]
 5. features of the S slices stacked to ``(B, 2048, S, s, s)`` → pooled head (``gap+gmp`` or an
    exact ``gap`` CAM head, :class:`~wsbench.predictors.base.PooledHead`).
 
+Why 2-D slices with the grey value replicated, not 2.5-D (three adjacent slices as R, G, B):
+2.5-D would need a third of the backbone passes, but pretrained RadImageNet filters saw
+three equal channels; feeding them different slices is an input they were never trained on.
+
 Weights: ``-o predictor.weights=PATH`` or the environment variable
 ``WSBENCH_RADIMAGENET_WEIGHTS`` — a torchvision-style ResNet-50 state dict read with
 ``torch.load(weights_only=True)``; ``fc.*`` entries (an ImageNet-style classifier) are dropped
