@@ -253,3 +253,44 @@ def test_synth_dataset_builds_once_and_reads_through_the_reader(tmp_path, monkey
         cls({"scans": 4, "seed": 5, "data_dir": str(root)}).root()
     with pytest.raises(WsbenchError):
         cls({"masks": "lidc"})
+
+
+@pytest.mark.parametrize("radius, spacing", [(0.4, (2.5, 0.8, 0.8)), (2.0, (1.0, 0.7, 0.7)), (3.0, (2.5, 0.9, 0.9))])
+def test_tube_partial_volume_matches_the_capsule_volume(radius, spacing):
+    """Rendered occupancy × voxel volume ≈ the analytic capsule volume π r² L + 4/3 π r³
+    (thin tubes are splatted, thick ones drawn as capsules: both must conserve volume)."""
+    from wsbench.data.synth.trees import Tubes, render_tubes
+
+    g = ScanGrid((40, 80, 80), spacing, (-30.0, -30.0, -40.0))
+    p0, p1 = np.array([[-12.0, -10.0, -20.0]]), np.array([[14.0, 9.0, -15.0]])
+    t = Tubes(p0, p1, np.array([radius]), np.array([radius]), np.array([-1]))
+    occ = render_tubes(g, t, np.zeros(g.shape, np.float32))
+    L = np.linalg.norm(p1 - p0)
+    expected = np.pi * radius ** 2 * L + (4 / 3 * np.pi * radius ** 3 if radius > 0.8 else 0.0)
+    assert occ.max() <= 1.0
+    assert occ.sum() * np.prod(spacing) == pytest.approx(expected, rel=0.08)
+
+
+def test_nodule_occupancy_conserves_the_outline_volume(pool):
+    """A rotated LIDC outline pasted with partial volume keeps its volume (±5 %) on an
+    anisotropic grid, and its truth (fraction ≥ 0.5) keeps it within ±20 %."""
+    from wsbench.data.synth.nodules import PlacedNodule, occupancy, prepare_shape, random_rotation
+
+    rng = np.random.default_rng(0)
+    big = [s for s in pool if s.diameter_mm > 8][:3]
+    g = ScanGrid((40, 90, 90), (1.25, 0.75, 0.75), (-33.0, -33.0, -25.0), (1, 1, -1))
+    for s in big:
+        ps = prepare_shape(s, rng)
+        nod = PlacedNodule(ps, np.array([0.5, -1.0, -50.0]), random_rotation(rng), "isolated", 40.0, -600.0)
+        sl, f = occupancy(g, nod)
+        vox = np.prod(g.spacing)
+        assert f.sum() * vox == pytest.approx(s.volume_mm3, rel=0.05)
+        assert (f >= 0.5).sum() * vox == pytest.approx(s.volume_mm3, rel=0.2)
+
+
+def test_pick_spread_covers_the_size_range():
+    from wsbench.data.preview import pick_spread
+
+    d = [5.0, 30.0, 3.0, 12.0, 8.0, 4.0]
+    assert [d[i] for i in pick_spread(d, 3)] == [3.0, 5.0, 30.0]  # sorted positions 0, 2, 5
+    assert sorted(pick_spread(d, 10)) == list(range(6))
