@@ -3,7 +3,6 @@
 import csv
 import filecmp
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

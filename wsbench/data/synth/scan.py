@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from wsbench.data.synth.anatomy import LEFT_LUNG, RIGHT_LUNG, Thorax
 from wsbench.data.synth.grid import ScanGrid
-from wsbench.data.synth.nodules import (PLACEMENTS, PlacedNodule, PreparedShape, nodule_type, occupancy,
+from wsbench.data.synth.nodules import (PlacedNodule, PreparedShape, nodule_type, occupancy,
                                         random_rotation)
 from wsbench.data.synth.trees import Tubes, grow_tree, offset_tubes, render_tubes
 
