@@ -133,7 +133,8 @@ def run_one(label: str, name: str, options: dict, data: dict, args, progress) ->
             "val_auc": val_auc, "test_auc": test_auc, "train_s": round(train_s, 1),
             "epochs": summary.get("epochs"), "best_epoch": summary.get("best_epoch"), "steps": summary.get("steps"),
             "ms_per_patch": round(ms, 2), "ms_per_patch_grad": round(ms_grad, 2),
-            "n_train": summary.get("n_train"), "feature_cache": summary.get("feature_cache")}
+            "n_train": summary.get("n_train"), "feature_cache": summary.get("feature_cache"),
+            "val_auc_by_epoch": [h.get("val_auc") for h in summary.get("history", [])]}
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
