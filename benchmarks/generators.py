@@ -69,7 +69,7 @@ def phantom(n: int, size: int = 32, seed: int = 0):
                 hu[distance_transform_edt(seeds) < rng.uniform(0.7, 2.0)] = 30.0
         if rng.random() < 0.5:  # a solid or ground-glass nodule
             labels[i] = 1
-            c = size / 2 + rng.integers(-6, 7, 3)
+            c = size / 2 + rng.integers(-(size // 5), size // 5 + 1, 3)
             radii = rng.uniform(1.5, 8.0) * rng.uniform(0.8, 1.2, 3)
             masks[i] = (((g - c) / radii) ** 2).sum(-1) < 1
             hu[masks[i]] = -550.0 if rng.random() < 0.3 else 20.0
@@ -78,7 +78,7 @@ def phantom(n: int, size: int = 32, seed: int = 0):
     return images, labels, masks
 
 
-def load_data(kind: str, n_phantom: int):
+def load_data(kind: str, n_phantom: int, size: int = 32):
     """``(train PatchSet, validation PatchSet, nodule images (k, D, H, W), nodule masks, source)``."""
     if kind == "synth":
         from wsbench.benchmark import load_benchmark
@@ -92,8 +92,8 @@ def load_data(kind: str, n_phantom: int):
         imgs = np.stack([c.image for c in cases]).astype(np.float32)
         masks = np.stack([c.mask for c in cases]).astype(bool)
         return train, val, imgs, masks, f"luna16-synth (fingerprint {ds.fingerprint()})"
-    x, y, _ = phantom(n_phantom, seed=1)
-    xv, yv, mv = phantom(64, seed=2)
+    x, y, _ = phantom(n_phantom, size=size, seed=1)
+    xv, yv, mv = phantom(64, size=size, seed=2)
     ids = [f"p{i}" for i in range(len(y))]
     train = PatchSet(x, y, ids, ids)
     val = PatchSet(xv, yv, [f"v{i}" for i in range(len(yv))])
@@ -114,19 +114,21 @@ def sampling_ms_per_step(gen: RFlowGenerator, size: int, batch: int, reps: int =
 @torch.no_grad()
 def heal_scores(gen: RFlowGenerator, images: np.ndarray, masks: np.ndarray, t0: float, steps: int = 10,
                 seed: int = 0) -> dict[str, float]:
-    """Mean |x - x_rec| inside / outside the nodule masks after re-noising to ``t0``."""
+    """Mean |x - x_rec| inside / outside the nodule masks after re-noising to ``t0``, and the
+    mean-squared error relative to the images' variance."""
     g = torch.Generator().manual_seed(seed)
-    inside, outside = [], []
+    inside, outside, se = [], [], 0.0
     for i in range(0, len(images), 8):
         x = torch.from_numpy(images[i:i + 8, None])
         eps = torch.randn(x.shape, generator=g)
         xr = gen.generate((1 - t0) * x + t0 * eps, t0, steps)
         d = (xr - x).abs()[:, 0].numpy()
+        se += float((d.astype(np.float64) ** 2).sum())
         m = masks[i:i + 8]
         inside.extend(d[j][m[j]].mean() for j in range(len(m)) if m[j].any())
-        outside.extend(d[j][~m[j]].mean() for j in range(len(m)))
+        outside.extend(d[j][~m[j]].mean() for j in range(len(m)) if (~m[j]).any())
     a, b = float(np.mean(inside)), float(np.mean(outside))
-    return {"inside": a, "outside": b, "ratio": a / b}
+    return {"inside": a, "outside": b, "ratio": a / b, "rel_mse": se / images.size / float(images.var())}
 
 
 def main(argv=None) -> int:
@@ -135,49 +137,54 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: rflow's default)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     ap.add_argument("--phantom-patches", type=int, default=1000)
-    ap.add_argument("--held-out", type=int, default=16, help="validation patches for the error measurements")
+    ap.add_argument("--phantom-size", type=int, default=32, help="phantom patch side (voxels)")
+    ap.add_argument("--held-out", type=int, default=8, help="validation patches for the error measurements")
     ap.add_argument("--skip-negatives", action="store_true", help="train only the 'all' model")
     ap.add_argument("--train-only", choices=("all", "negatives"), default=None,
                     help="train (and save to --checkpoints) this one model, then stop: to train both in parallel")
     ap.add_argument("--checkpoints", type=Path, default=None, help="folder to save/reuse the two checkpoints")
+    ap.add_argument("--wait", action="store_true", help="wait for a checkpoint another process is training")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     t = time.perf_counter()
-    train, val, nod_x, nod_m, source = load_data(args.data, args.phantom_patches)
+    train, val, nod_x, nod_m, source = load_data(args.data, args.phantom_patches, args.phantom_size)
     print(f"data: {source}: {len(train)} training patches ({int(train.labels.sum())} positive), "
           f"{len(val)} validation patches, {len(nod_x)} validation nodule cases; {time.perf_counter() - t:.0f} s",
           flush=True)
     size = train.images.shape[1]
     rng = np.random.default_rng(0)
     held = val.images[np.sort(rng.choice(len(val), size=min(args.held_out, len(val)), replace=False))]
-    nod_x, nod_m = nod_x[:args.held_out], nod_m[:args.held_out]
+    nod_x, nod_m = nod_x[:16], nod_m[:16]
     results: dict = {"data": source, "threads": args.threads, "patch_size": size}
 
-    models = {}
-    kinds = ("all",) if args.skip_negatives else ("all", "negatives")
-    for data in (args.train_only,) if args.train_only else kinds:
+    def get_model(data: str) -> RFlowGenerator:
         opts = {"data": data}
         if args.steps is not None:
             opts["steps"] = args.steps
         gen = RFlowGenerator(opts, seed=0)
         ck = args.checkpoints / f"rflow-{data}-{gen.options.steps}.pt" if args.checkpoints else None
+        if ck is not None and args.wait and not ck.is_file():
+            print(f"[{data}] waiting for {ck} (trained by another process)", flush=True)
+            while not ck.is_file():
+                time.sleep(10)
         if ck is not None and ck.is_file():
             gen.load(ck)
-            summary = gen.summary
             print(f"[{data}] loaded {ck}", flush=True)
         else:
-            summary = gen.fit(train, val)
+            gen.fit(train, val)
             if ck is not None:
                 gen.save(ck)
-        print(f"[{data}] training: {json.dumps(summary)}", flush=True)
-        results[f"training_{data}"] = summary
-        models[data] = gen
-    if args.train_only:
-        return 0
+        print(f"[{data}] training: {json.dumps(gen.summary)}", flush=True)
+        results[f"training_{data}"] = gen.summary
+        return gen
 
-    gen = models["all"]
+    if args.train_only:
+        get_model(args.train_only)
+        return 0
+    gen = get_model("all")
+    models = {"all": gen}
     results["sampling_ms_per_step"] = {f"batch{b}": round(sampling_ms_per_step(gen, size, b), 1) for b in (1, 8)}
     print(f"sampling ms per Euler step: {results['sampling_ms_per_step']}", flush=True)
 
@@ -188,10 +195,10 @@ def main(argv=None) -> int:
           f"inversion_noise_std={rep.inversion_noise_std:.3f} sample_w1_hu={rep.sample_w1_hu:.1f} "
           f"{rep.failures}", flush=True)
     untrained = RFlowGenerator({}, seed=0)
-    rep0 = check_generator(untrained, held, t0=0.5, steps=10, n_samples=8, sample_steps=20, seed=0)
+    rep0 = check_generator(untrained, held, t0=0.5, steps=10, n_samples=4, sample_steps=20, seed=0)
     results["quality_untrained"] = rep0.to_dict()
     print(f"quality check (untrained): passed={rep0.passed} renoise_rel_mse={rep0.renoise_rel_mse:.3f} "
-          f"sample_w1_hu={rep0.sample_w1_hu:.1f}", flush=True)
+          f"roundtrip_rel_mse={rep0.roundtrip_rel_mse:.5f} sample_w1_hu={rep0.sample_w1_hu:.1f}", flush=True)
 
     rows = []
     for t0 in (0.1, 0.3, 0.5, 0.7):
@@ -199,19 +206,22 @@ def main(argv=None) -> int:
         rows.append([t0, e["roundtrip_rel_mse"], e["renoise_rel_mse"], e["inversion_noise_std"]])
     results["round_trip_vs_t0"] = [dict(zip(("t0", "roundtrip_rel_mse", "renoise_rel_mse", "inversion_noise_std"), r))
                                    for r in rows]
-    print("\nreconstruction error vs t0 ('all' model; MSE / data variance; 10 Euler steps)")
+    print(f"\nreconstruction error vs t0 ('all' model, {len(held)} held-out patches; MSE / data variance; "
+          f"10 Euler steps)")
     print(tabulate(rows, headers=["t0", "deterministic round trip", "re-noised", "inverted-noise std"],
                    floatfmt=".4f"), flush=True)
 
+    if not args.skip_negatives:
+        models["negatives"] = get_model("negatives")
     rows = []
     for data, g in models.items():
         for t0 in (0.3, 0.5):
             h = heal_scores(g, nod_x, nod_m, t0, seed=2)
-            e = reconstruction_errors(g, nod_x, t0=t0, steps=10, seed=2)
-            rows.append([data, t0, h["inside"], h["outside"], h["ratio"], e["renoise_rel_mse"]])
+            rows.append([data, t0, h["inside"], h["outside"], h["ratio"], h["rel_mse"]])
     results["all_vs_negatives"] = [dict(zip(("data", "t0", "inside", "outside", "ratio", "renoise_rel_mse"), r))
                                    for r in rows]
-    print(f"\nnodule cases ({len(nod_x)}): mean |x - x_rec| inside vs outside the truth mask after re-noising")
+    print(f"\nnodule cases ({len(nod_x)}): mean |x - x_rec| inside vs outside the truth mask after re-noising "
+          f"(10 Euler steps)")
     print(tabulate(rows, headers=["training data", "t0", "inside", "outside", "inside/outside", "re-noised rel MSE"],
                    floatfmt=".4f"), flush=True)
     if args.out:
