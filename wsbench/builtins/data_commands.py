@@ -40,7 +40,14 @@ def _parse_dataset_options(pairs) -> dict[str, str]:
 
 @click.group("data")
 def data_group() -> None:
-    """Build, prepare and look at datasets (the synthetic LUNA16 set, a LUNA16 tree)."""
+    """Build, prepare and look at datasets (the synthetic LUNA16 set, a LUNA16 tree).
+
+    \b
+    Examples:
+      wsbench data synth --out synth-luna16 --scans 60 --seed 0
+      wsbench data prepare --benchmark luna16 --data-dir /data/LUNA16
+      wsbench data show --out nodules.png
+    """
 
 
 @data_group.command("synth")
