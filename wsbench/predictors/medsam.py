@@ -25,8 +25,13 @@ With ``finetune=head`` and ``cache_features=true`` (default) the pooled features
 training/validation patch are computed once and the head is trained on them — the encoder then
 runs once per patch instead of once per patch per epoch; augmentation is not applied in that
 mode (it would need re-encoding). CPU cost is high: stage 0 runs at the full 256² resolution
-(LiteMedSAM removed TinyViT's stride-4 stem); ``benchmarks/predictors.py`` measures seconds per
-slice. ``max_train`` caps the (stratified, seeded) number of training patches encoded.
+(LiteMedSAM removed TinyViT's stride-4 stem). Measured on this project's 2-core CPU machine
+while it was heavily shared (one torch thread, load ≈ 8): 11.8 s per slice forward and 25 s with
+the input gradient at 256², 2.0 / 4.4 s at 128², 0.53 / 1.4 s at 64² — so with the defaults
+(5 slices) encoding the ~1,060 training+validation patches of luna16-synth is hours on a CPU
+and minutes on a GPU. On a CPU use e.g. ``-o predictor.input_size=64 -o predictor.slices=3
+-o predictor.max_train=300`` (off the weights' training resolution; recorded in the results).
+``max_train`` caps the (stratified, seeded) number of training patches encoded.
 
 Example::
 

@@ -30,7 +30,10 @@ so results and leaderboard rows show it.
 
 CPU cost (why ``input_size=64`` and 5 slices): ResNet-50 costs ~4.1 GFLOPs per 224² image;
 at 64² it is ~0.34 GFLOPs, and a 32-patch batch with 5 slices is 160 images per step.
-``benchmarks/predictors.py`` measures the training time and inference ms per patch. On a GPU
+``benchmarks/predictors.py`` measures the training time and inference ms per patch (from
+scratch, 64², 3 slices, 2 epochs on luna16-synth: validation AUC 0.66, 23 min on one heavily
+shared CPU thread — a 2-D ResNet-50 from scratch is the weakest and slowest CPU option; it is
+meant for user-supplied RadImageNet weights and a GPU). On a GPU
 use ``-o predictor.input_size=224 -o predictor.slices=0`` (all slices, RadImageNet's resolution).
 
 Example::
