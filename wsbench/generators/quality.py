@@ -38,7 +38,8 @@ from scipy.stats import wasserstein_distance
 from wsbench.data.intensity import HU_MAX, HU_MIN, norm_to_hu
 from wsbench.progress import ensure
 
-#: Default pass thresholds (see the module docstring and benchmarks/generators.py for measured values).
+#: Default pass thresholds. Measured on luna16-synth (benchmarks/generators.py, 8 held-out patches):
+#: rflow after 200 steps 0.062 / 0.001 / 114 HU; untrained 1.17 / 0.0004 / 314 HU.
 MAX_RENOISE_REL_MSE = 0.5
 MAX_ROUNDTRIP_REL_MSE = 0.05
 MAX_SAMPLE_W1_HU = 150.0
