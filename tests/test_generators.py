@@ -376,3 +376,22 @@ def test_checkpoint_cache_reuses_rflow(tmp_path):
     assert ck1["sha256"] == ck2["sha256"]
     z, t = torch.from_numpy(train.images[:2, None]), torch.tensor([0.2, 0.7])
     assert torch.equal(g1.velocity(z, t), g2.velocity(z, t))
+
+
+def test_maisi_loads_weight_files(monkeypatch, tmp_path):
+    """Weights and scale_factor come from the user's files (tiny config saved, then reloaded)."""
+    src = _maisi(monkeypatch)
+    ae, unet = tmp_path / "autoencoder.pt", tmp_path / "diff_unet.pt"
+    torch.save(src.autoencoder.state_dict(), ae)  # MAISI ships the autoencoder as a plain state dict
+    torch.save({"unet_state_dict": src.model.state_dict(), "scale_factor": torch.tensor(0.25)}, unet)
+    g = _maisi(monkeypatch, random_init=False, autoencoder_path=str(ae), diffusion_path=str(unet))
+    assert g._scale == pytest.approx(0.25)
+    for a, b in zip(src.autoencoder.state_dict().values(), g.autoencoder.state_dict().values()):
+        assert torch.equal(a, b)
+    x = torch.rand(1, 1, 16, 16, 16) * 2 - 1
+    assert torch.allclose(g.encode(x), 0.25 * src.encode(x))  # src has scale 1
+    prov = g.provenance()
+    assert prov["init"] == "pretrained" and len(prov["autoencoder_sha256"]) == 64
+    torch.save({"unet_state_dict": src.model.state_dict()}, unet)
+    with pytest.raises(WsbenchError, match="scale_factor"):
+        _maisi(monkeypatch, random_init=False, autoencoder_path=str(ae), diffusion_path=str(unet))
