@@ -245,7 +245,7 @@ def test_sample_patches_shape():
 # -- maisi ---------------------------------------------------------------------------------------
 
 MAISI_TINY = {"random_init": True, "ae_channels": "8,8,8", "ae_res_blocks": "1,1,1", "ae_norm_groups": 4,
-              "unet_channels": "8,16", "unet_attention": "false,false", "unet_head_channels": "0,0",
+              "unet_channels": "8,16", "unet_attention": "false,false", "unet_head_channels": "0,8",
               "unet_res_blocks": 1, "unet_norm_groups": 4, "num_class_embeds": 8}
 
 
