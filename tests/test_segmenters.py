@@ -18,6 +18,8 @@ from wsbench.segmenters import cam as cam_mod
 from wsbench.segmenters.maps import gaussian_smooth, upsample_to
 
 S = 16          # patch edge of the test doubles
+#: the paper's form (deterministic, map vs input, unsmoothed); tests override from here
+ODE = {"inversion": "ode", "reference": "input", "n_seeds": 1, "smoothing": 0.0}
 BG, BLOB = -0.7, 0.3   # normalised intensities: aerated lung, soft tissue
 R = 3.0          # blob radius, voxels
 
@@ -333,7 +335,7 @@ def test_bad_options_fail_fast():
     with pytest.raises(OptionError):
         FlowGuideSegmenter({"t0": 1.5})
     with pytest.raises(OptionError):
-        FlowGuideSegmenter({"n_seeds": 4})  # ODE inversion is deterministic
+        FlowGuideSegmenter({"n_seeds": 4, "inversion": "ode"})  # ODE inversion is deterministic
     with pytest.raises(OptionError):
         FlowGuideSegmenter({"guided_steps": 20, "steps": 10})
     with pytest.raises(OptionError):
@@ -350,11 +352,11 @@ def test_missing_generator_is_a_clear_error(pred3d, easy):
 def test_flow_guide_removes_the_nodule(pred3d, easy, latent):
     x, masks = easy
     gen = GaussianFlow(latent=latent)
-    recon = ReconstructionSegmenter({"t0": 0.5, "steps": 10}).segment(x, None, gen)
+    recon = ReconstructionSegmenter({"t0": 0.5, "steps": 10, "inversion": "ode", "n_seeds": 1, "smoothing": 0.0}).segment(x, None, gen)
     assert recon.shape == (x.shape[0], S, S, S) and torch.isfinite(recon).all()
     # exact analytic flow: ODE inversion + generation reproduces x up to Euler error
     assert float(recon.mean()) < 0.02
-    opts = {"t0": 0.5, "steps": 10, "guided_steps": 3, "scale": 0.1}
+    opts = {**ODE, "t0": 0.5, "steps": 10, "guided_steps": 3, "scale": 0.1}
     guided = FlowGuideSegmenter(opts).segment(x, pred3d, gen)
     assert guided.shape == (x.shape[0], S, S, S) and torch.isfinite(guided).all()
     # guidance changes the result well beyond reconstruction error ...
@@ -373,7 +375,7 @@ def test_flow_guide_variants(pred3d, easy):
     forgotten by the unguided flow at t0 = 0.5, so there would be nothing left to remove."""
     x, masks = easy
     gen = GaussianFlow()
-    base = {"t0": 0.5, "steps": 8, "guided_steps": 4, "scale": 0.1}
+    base = {**ODE, "t0": 0.5, "steps": 8, "guided_steps": 4, "scale": 0.1}
     variants = [
         {"gradient": "clean"}, {"gradient": "state"}, {"recurrences": 2},
         {"loss": "bce", "normalize": False, "scale": 5.0},
@@ -394,7 +396,7 @@ def test_flow_guide_same_noise_reference(pred3d, easy):
     exactly ``recon`` under the same noise."""
     x, masks = easy
     gen = GaussianFlow()
-    common = {"t0": 0.5, "steps": 8, "guided_steps": 4, "scale": 0.1, "inversion": "noise"}
+    common = {**ODE, "t0": 0.5, "steps": 8, "guided_steps": 4, "scale": 0.1, "inversion": "noise"}
     torch.manual_seed(0)
     vs_input = FlowGuideSegmenter({**common, "reference": "input"}).segment(x, pred3d, gen)
     torch.manual_seed(0)
@@ -407,8 +409,18 @@ def test_flow_guide_same_noise_reference(pred3d, easy):
     torch.manual_seed(3)
     a = FlowGuideSegmenter({**common, "scale": 0.0}).segment(x, pred3d, gen)
     torch.manual_seed(3)
-    b = ReconstructionSegmenter({"t0": 0.5, "steps": 8, "inversion": "noise"}).segment(x, None, gen)
+    b = ReconstructionSegmenter({"t0": 0.5, "steps": 8, "inversion": "noise", "n_seeds": 1, "smoothing": 0.0}).segment(x, None, gen)
     assert torch.equal(a, b)
+
+
+def test_flow_guide_defaults_localise(pred3d, easy):
+    """The sweep-chosen defaults (re-noising, same-noise reference, 4 seeds, smoothing)."""
+    x, masks = easy
+    torch.manual_seed(0)
+    maps = FlowGuideSegmenter().segment(x, pred3d, GaussianFlow())
+    assert maps.shape == (x.shape[0], S, S, S) and torch.isfinite(maps).all()
+    ins, out = inside_outside(maps, masks)
+    assert (ins > 1.5 * out).all(), (ins, out)
 
 
 def test_flow_guide_seeded_determinism(pred3d, easy):
@@ -426,7 +438,7 @@ def test_flow_guide_batch_independent(pred3d, easy):
     """A sample's map does not depend on the rest of the batch (ODE inversion)."""
     x, _ = easy
     gen = GaussianFlow()
-    seg = FlowGuideSegmenter({"t0": 0.5, "steps": 6, "guided_steps": 3, "scale": 0.5})
+    seg = FlowGuideSegmenter({**ODE, "t0": 0.5, "steps": 6, "guided_steps": 3, "scale": 0.5})
     full = seg.segment(x, pred3d, gen)
     one = seg.segment(x[1:2], pred3d, gen)
     torch.testing.assert_close(full[1:2], one, rtol=1e-4, atol=1e-5)
@@ -434,7 +446,7 @@ def test_flow_guide_batch_independent(pred3d, easy):
 
 def test_flow_guide_with_slice_predictor(pred2d, easy):
     x, masks = easy
-    maps = FlowGuideSegmenter({"t0": 0.5, "steps": 8, "guided_steps": 4, "scale": 0.5}).segment(
+    maps = FlowGuideSegmenter({**ODE, "t0": 0.5, "steps": 8, "guided_steps": 4, "scale": 0.5}).segment(
         x, pred2d, GaussianFlow(latent=True))
     ins, out = inside_outside(maps, masks)
     assert torch.isfinite(maps).all() and (ins > out).all()

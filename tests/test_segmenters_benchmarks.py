@@ -144,11 +144,14 @@ def test_segmenters_benchmark_table_and_resume(toy_env, capsys):
     assert [r["dice_mean"] for r in rows2] == [r["dice_mean"] for r in rows]
 
 
+PAPER = "inversion=ode,reference=input,n_seeds=1,smoothing=0"
+
+
 def test_flow_guide_sweep_validation_only(toy_env, capsys):
     sweep = _load_script("flow_guide_sweep")
     args = ["--benchmark", "toy-bench", "--predictor", "toy-cnn", "--generator", "toy-flow", "--device", "cpu",
             "--limit", "3", "--out", str(toy_env / "sweep"), "--no-progress", "--only",
-            "--config", "t0=0.5,scale=0.1", "--config", "t0=0.5,scale=0.0"]
+            "--config", "t0=0.5,scale=0.1," + PAPER, "--config", "t0=0.5,scale=0.0," + PAPER]
     assert sweep.main(args) == 0
     out = capsys.readouterr().out
     assert "val mean Dice" in out and "t0=0.5,scale=0.1" in out
