@@ -23,6 +23,7 @@ scores identically here and in ``wsbench run -o segmenter.key=value``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -150,9 +151,12 @@ def main(argv=None) -> int:
             raise SystemExit("the validation split has no cases")
         for (name, over), seg in zip(grid, segs):
             seg.to(s.device)
-            d = root / _slug(name)
-            (d / "maps").mkdir(parents=True, exist_ok=True)
             opts = seg.options_dict()
+            # the folder is keyed by the full options, so cached maps never outlive a change of
+            # defaults or of the configuration behind a name
+            key = hashlib.sha256(json.dumps([seg.name, opts], sort_keys=True).encode()).hexdigest()[:8]
+            d = root / f"{_slug(name)}-{key}"
+            (d / "maps").mkdir(parents=True, exist_ok=True)
             summary_path = d / "summary.json"
             if summary_path.exists():
                 old = json.loads(summary_path.read_text())

@@ -22,6 +22,7 @@ trilinear ``LayerAttribution.interpolate``, and MONAI's ``GradCAM`` / ``GradCAMp
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -85,7 +86,11 @@ def run_matrix(args) -> list[dict]:
                                  "error": "n/a: predictor has no GAP-linear head (CAM undefined)"})
                     continue
                 popts, plabel = {"head": "gap"}, f"{pred}[head=gap]"
-            tag = f"{seg}--{plabel}--{gen or 'none'}--seed{args.seed}" + (f"-limit{args.limit}" if args.limit else "")
+            # key the run folder by the segmenter's resolved options too, so a change of its
+            # defaults starts a fresh run instead of resuming stale cases
+            okey = hashlib.sha256(json.dumps(info.cls().options_dict(), sort_keys=True).encode()).hexdigest()[:6]
+            tag = (f"{seg}--{plabel}--{gen or 'none'}--seed{args.seed}" + (f"-limit{args.limit}" if args.limit else "")
+                   + f"--o{okey}")
             out = Path(args.out) / args.benchmark / tag.replace("+", "p").replace("[", "_").replace("]", "")
             row = {"segmenter": seg, "predictor": plabel, "generator": gen or "-", "out": str(out)}
             t = time.perf_counter()
