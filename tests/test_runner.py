@@ -162,3 +162,18 @@ def test_first_party_plugin_runs_through_wsbench_run(testkit, tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert data["plugins"]["segmenter"]["distribution"] == "wsbench-blob-dot"
     assert data["aggregate"]["dice"]["mean"] > 0.3  # balls in noise: a blob filter finds them
+
+
+def test_changed_default_is_not_resumed_silently(testkit, tmp_path, monkeypatch):
+    cfg = RunConfig(segmenter="intensity", benchmark=TINY_BENCHMARK, out_dir=str(tmp_path / "d"), progress=False)
+    run(cfg)
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(testkit.IntensitySegmenter.Options)}
+    monkeypatch.setattr(fields["noise"], "default", 0.3)
+    new_opts = dataclasses.make_dataclass("Options", [(f.name, f.type, f) for f in fields.values()])
+    monkeypatch.setattr(testkit.IntensitySegmenter, "Options", new_opts)
+    from wsbench.errors import WsbenchError
+
+    with pytest.raises(WsbenchError, match="different configuration"):
+        run(cfg)

@@ -239,7 +239,14 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     out = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg, s)
     out.mkdir(parents=True, exist_ok=True)
     ident_path = out / "config.json"
-    ident = cfg.identity()
+    # Resolved options (defaults included) and plugin versions are part of the identity: a
+    # changed default must not silently resume cases computed under the old one.
+    ident = {**cfg.identity(), "resolved": {
+        role: {"name": p.name, "version": info.version, "options": p.options_dict()}
+        for role, p, info in (("segmenter", s.segmenter, s.segmenter_info), ("predictor", s.predictor, s.predictor_info),
+                              ("generator", s.generator, s.generator_info), ("dataset", s.dataset, s.dataset_info))
+        if p is not None}}
+    ident = json.loads(json.dumps(ident, sort_keys=True, default=str))
     if ident_path.exists():
         old = json.loads(ident_path.read_text())
         if old != ident:
@@ -256,6 +263,12 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
     with Progress(enabled=cfg.progress) as progress:
         prepare(s, progress)
+        fp_path = out / "dataset_fingerprint"
+        fp = s.dataset.fingerprint()
+        if fp_path.exists() and fp_path.read_text().strip() != fp:
+            raise WsbenchError(f"{out} holds a run on other data (dataset fingerprint {fp_path.read_text().strip()} "
+                               f"!= {fp}); use another --out or delete that folder")
+        fp_path.write_text(fp + "\n")
         for role in ("predictor", "generator"):
             train_or_load(s, role, progress)
         if s.segmenter is not None:
