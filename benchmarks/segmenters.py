@@ -14,6 +14,12 @@ Usage::
     python benchmarks/segmenters.py --segmenters gradcam,flow-guide --predictors cnn3d --device cuda
     python benchmarks/segmenters.py --cam-speed          # own CAM code vs captum vs MONAI, timing only
 
+The shipped leaderboard rows come from one command (every built-in segmenter plus the
+first-party ``blob-dot`` plugin, × cnn3d and radimgnet, full test split; each complete run is
+validated, submitted to ``leaderboard/submissions/`` and the page rebuilt)::
+
+    python benchmarks/segmenters.py --predictors cnn3d,radimgnet --with-plugins --submit
+
 ``--cam-speed`` times Grad-CAM and Grad-CAM++ on a batch of 3-D patches with a small 3-D CNN:
 our torch-native implementation (:mod:`wsbench.segmenters.cam`), captum's ``LayerGradCam`` +
 trilinear ``LayerAttribution.interpolate``, and MONAI's ``GradCAM`` / ``GradCAMpp``.
@@ -67,7 +73,8 @@ def run_matrix(args) -> list[dict]:
 
     reg = plugins.get_registry()
     segs = args.segmenters.split(",") if args.segmenters else [
-        n for n in reg.names("segmenter") if reg.get("segmenter", n).distribution == "wsbench"]
+        n for n in reg.names("segmenter")
+        if reg.get("segmenter", n).distribution == "wsbench" or getattr(args, "with_plugins", False)]
     preds = args.predictors.split(",")
     rows = []
     for seg in segs:
@@ -213,6 +220,22 @@ def cam_speed(args) -> None:
                    tablefmt="github"))
 
 
+def submit(rows: list[dict], args) -> None:
+    """Validate + submit every complete full-split run, then rebuild the leaderboard page."""
+    import subprocess
+
+    if args.limit:
+        print("--submit ignored: runs with --limit are not leaderboard submissions", file=sys.stderr)
+        return
+    for r in rows:
+        if "error" in r or not r.get("complete"):
+            continue
+        res = subprocess.run(["wsbench", "leaderboard", "submit", "--force", str(Path(r["out"]) / "results.json")],
+                             capture_output=True, text=True)
+        print((res.stdout + res.stderr).strip(), file=sys.stderr)
+    subprocess.run(["wsbench", "leaderboard", "build"], check=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,6 +250,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "results" / "bench-segmenters"))
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--traceback", action="store_true", help="print tracebacks of failed runs")
+    ap.add_argument("--with-plugins", action="store_true",
+                    help="also run the installed third-party segmenters (e.g. blob-dot from plugins/)")
+    ap.add_argument("--submit", action="store_true",
+                    help="submit each complete run (no --limit) to the leaderboard and rebuild it")
     ap.add_argument("--cam-speed", action="store_true", help="only time CAM implementations")
     ap.add_argument("--batch", type=int, default=8, help="--cam-speed batch size")
     ap.add_argument("--repeats", type=int, default=20, help="--cam-speed repeats")
@@ -243,6 +270,8 @@ def main(argv=None) -> int:
     tag = f"summary-seed{args.seed}" + (f"-limit{args.limit}" if args.limit else "")
     (out / f"{tag}.json").write_text(json.dumps(rows, indent=1, default=float))
     (out / f"{tag}.md").write_text(text + "\n")
+    if args.submit:
+        submit(rows, args)
     return 0 if all(r.get("error", "n/a").startswith("n/a") for r in rows) else 1
 
 
