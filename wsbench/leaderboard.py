@@ -19,7 +19,6 @@ and its rerun matched every per-case metric within the tolerance.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from wsbench.checkpoints import file_sha256
 from wsbench.errors import WsbenchError
 from wsbench.validate import sanitize_name, upgrade, validate_results
 
@@ -106,10 +106,6 @@ def _cell(s: Any) -> str:
 
 def _fmt(v: float | None, digits: int = 3) -> str:
     return "–" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def reproduction_record_path(submissions_dir: Path, submission: Path) -> Path:

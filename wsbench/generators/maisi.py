@@ -44,7 +44,6 @@ are not used: ``norm_float16`` (half-precision GroupNorm output, CUDA only) and 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,18 +55,11 @@ from wsbench.errors import WsbenchError
 from wsbench.interfaces.generator import Generator
 from wsbench.options import option
 from wsbench.seeding import derive_seed
+from wsbench.checkpoints import file_sha256
 
 MAISI_HU_MIN, MAISI_HU_MAX = -1000.0, 1000.0
 REF_FORMAT = "wsbench-maisi-ref-1"
 _HUB_HINT = "MAISI-v2 weights: NVIDIA's NV-Generate-CT release (autoencoder + rflow diffusion U-Net)"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _state_dict(payload: Any, keys: tuple[str, ...]) -> dict:
@@ -214,7 +206,7 @@ class MaisiGenerator(Generator):
             return {"init": "random", "note": "random weights (tests/timing), not MAISI"}
         for key in ("autoencoder_path", "diffusion_path"):
             if key not in self._hashes:
-                self._hashes[key] = _sha256(Path(getattr(o, key)))
+                self._hashes[key] = file_sha256(Path(getattr(o, key)))
         return {"init": "pretrained", "autoencoder": str(o.autoencoder_path),
                 "autoencoder_sha256": self._hashes["autoencoder_path"], "diffusion": str(o.diffusion_path),
                 "diffusion_sha256": self._hashes["diffusion_path"], "scale_factor": self._scale}
