@@ -56,6 +56,12 @@ fingerprint, safe names) *and* a maintainer reran it with `wsbench reproduce FIL
 which reproduced every per-case metric within tolerance. Unverified rows validate but have not
 been rerun.
 
+**The project's own rows** (every built-in segmenter and the `plugins/` template, with the
+`cnn3d` and `radimgnet` predictors) were made by one command, rerunnable by anyone:
+`python benchmarks/segmenters.py --predictors cnn3d,radimgnet --with-plugins --submit`.
+`cam` needs a global-average-pooling head, so its rows use the predictor with `head=gap`
+(recorded in the file's predictor options).
+
 **Submitting.** Package your method as a plugin (copy the template in `plugins/`, see
 CONTRIBUTING.md), run the full benchmark (no `--limit`), check and file the result, rebuild
 this page and open a pull request:
