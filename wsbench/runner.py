@@ -359,6 +359,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": cfg.command or "wsbench.runner.run(" + json.dumps(cfg.identity(), sort_keys=True) + ")",
         "device": str(s.device),
+        # CPU float reductions depend on the thread count: bit-identical reruns need the same one
+        "torch_threads": torch.get_num_threads(),
         "seed": cfg.seed,
         "limit": cfg.limit,
         "benchmark": s.benchmark.to_dict(),
