@@ -47,7 +47,7 @@ def checkpoint_path(plugin: Plugin, key: str, root: Path | None = None) -> Path:
     return root / f"{plugin.role}-{plugin.name}-{key}.pt"
 
 
-def fit_or_load(plugin, key: str, train_fn, progress=None, root: Path | None = None,
+def fit_or_load(plugin, key: str, train_fn, root: Path | None = None,
                 retrain: bool = False) -> dict[str, Any]:
     """Load the cached checkpoint for ``key`` or call ``train_fn()`` (→ fit summary) and save.
 

@@ -305,19 +305,9 @@ def ls_cmd(what, options):
                               highlight=False)
 
 
-_commands_added = False
-
-
-def _add_plugin_commands() -> None:
-    global _commands_added
-    if not _commands_added:
-        _commands_added = True
-        plugins.add_commands(cli)
-
-
 def main(argv=None) -> None:
-    _add_plugin_commands()
     cli.main(args=argv, prog_name="wsbench")
 
 
-_add_plugin_commands()
+# Plugin subcommands are added once, when the CLI module is imported (tests use ``cli`` directly).
+plugins.add_commands(cli)

@@ -184,7 +184,7 @@ def train_or_load(s: Session, role: str, progress: Progress) -> dict[str, Any] |
 
     key = cache_key(plugin, s.dataset.name, s.dataset.fingerprint(), s.dataset.split_info(),
                     geometry.to_dict(), info.version)
-    ck = fit_or_load(plugin, key, train_fn, progress, retrain=s.config.retrain)
+    ck = fit_or_load(plugin, key, train_fn, retrain=s.config.retrain)
     plugin.to(s.device).eval()
     progress.log(f"{role} '{plugin.name}': {'loaded cached checkpoint' if ck['cached'] else 'trained and cached'}"
                  f" {ck['path']}")
