@@ -67,6 +67,21 @@ def summarize(results: dict) -> dict:
     }
 
 
+def parse_plugin_options(pairs: list[str]) -> dict[str, dict[str, str]]:
+    """``["medsam.input_size=64"]`` → ``{"medsam": {"input_size": "64"}}`` (values are coerced,
+    and unknown keys rejected, by the plugin's typed options when the run starts)."""
+    from wsbench.errors import WsbenchError
+
+    out: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        name, dot, opt = key.partition(".")
+        if not (sep and dot and name and opt):
+            raise WsbenchError(f"bad -o '{pair}': expected PLUGIN.KEY=VALUE, e.g. -o medsam.input_size=64")
+        out.setdefault(name, {})[opt] = value
+    return out
+
+
 def run_matrix(args) -> list[dict]:
     from wsbench import plugins
     from wsbench.runner import RunConfig, run
@@ -81,7 +96,7 @@ def run_matrix(args) -> list[dict]:
         info = reg.get("segmenter", seg)
         for pred in (preds if info.cls.needs_predictor else [None]):
             gen = args.generator if info.cls.needs_generator else None
-            popts, plabel = {}, pred or "-"
+            popts, plabel = dict(args.plugin_options.get(pred, {})) if pred else {}, pred or "-"
             if seg == "cam" and pred:
                 # CAM proper needs a GAP->linear head: use the predictor's exact-CAM variant
                 # when it has one (a differently trained classifier, labelled so), else skip
@@ -92,10 +107,16 @@ def run_matrix(args) -> list[dict]:
                     rows.append({"segmenter": seg, "predictor": pred, "generator": "-",
                                  "error": "n/a: predictor has no GAP-linear head (CAM undefined)"})
                     continue
-                popts, plabel = {"head": "gap"}, f"{pred}[head=gap]"
+                popts, plabel = {**popts, "head": "gap"}, f"{pred}[head=gap]"
             # key the run folder by the segmenter's resolved options too, so a change of its
             # defaults starts a fresh run instead of resuming stale cases
-            okey = hashlib.sha256(json.dumps(info.cls().options_dict(), sort_keys=True).encode()).hexdigest()[:6]
+            overrides = {role: o for role, o in (("segmenter", args.plugin_options.get(seg, {})),
+                                                 ("predictor", popts if pred else {}),
+                                                 ("generator", args.plugin_options.get(gen, {}) if gen else {})) if o}
+            ident = info.cls().options_dict()
+            if any(args.plugin_options.get(n) for n in (seg, pred, gen) if n):  # else keep older folders' names
+                ident = {"segmenter-defaults": ident, "overrides": overrides}
+            okey = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:6]
             tag = (f"{seg}--{plabel}--{gen or 'none'}--seed{args.seed}" + (f"-limit{args.limit}" if args.limit else "")
                    + f"--o{okey}")
             out = Path(args.out) / args.benchmark / tag.replace("+", "p").replace("[", "_").replace("]", "")
@@ -104,7 +125,7 @@ def run_matrix(args) -> list[dict]:
             try:
                 cfg = RunConfig(segmenter=seg, predictor=pred, generator=gen, benchmark=args.benchmark,
                                 seed=args.seed, device=args.device, limit=args.limit, out_dir=str(out),
-                                options={"predictor": popts} if popts else {}, progress=not args.no_progress)
+                                options=overrides, progress=not args.no_progress)
                 res = run(cfg)
                 row.update(summarize(res))
             except KeyboardInterrupt:
@@ -254,6 +275,9 @@ def main(argv=None) -> int:
                     help="also run the installed third-party segmenters (e.g. blob-dot from plugins/)")
     ap.add_argument("--submit", action="store_true",
                     help="submit each complete run (no --limit) to the leaderboard and rebuild it")
+    ap.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
+                    help="an option of one plugin wherever it runs, e.g. -o medsam.input_size=64 "
+                         "-o rflow.steps=2000 -o flow-guide.t0=0.4 (repeatable; part of each run folder's name)")
     ap.add_argument("--cam-speed", action="store_true", help="only time CAM implementations")
     ap.add_argument("--batch", type=int, default=8, help="--cam-speed batch size")
     ap.add_argument("--repeats", type=int, default=20, help="--cam-speed repeats")
@@ -261,6 +285,7 @@ def main(argv=None) -> int:
     if args.cam_speed:
         cam_speed(args)
         return 0
+    args.plugin_options = parse_plugin_options(args.option)
     if args.quick and args.limit is None:
         args.limit = 8
     rows = run_matrix(args)

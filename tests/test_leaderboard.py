@@ -182,3 +182,28 @@ def test_cli_submit_and_build(tmp_path):
 def test_shipped_leaderboard_is_up_to_date():
     """What CI checks: leaderboard/README.md matches leaderboard/submissions/."""
     build(REPO / "leaderboard" / "submissions", REPO / "leaderboard" / "README.md", check=True)
+
+
+def test_plugin_cell_lists_changed_options_and_stays_plain(tmp_path):
+    """A row says which options the submitter changed (e.g. medsam at 64² instead of 256²)."""
+    root = tmp_path / "leaderboard" / "submissions"
+    data = make_results("gradcam", "cnn3d", quality=0.8)
+    data["plugins"]["predictor"]["options"] = {"a": 1, "input_size": 64, "channels": [16, 32], "head": "x|<b>"}
+    data["plugins"]["predictor"]["changed_options"] = {"input_size": 64, "channels": [16, 32], "head": "x|<b>"}
+    _submit(root, data)
+    rows = _table_rows(build(root, tmp_path / "README.md"))
+    assert rows[0][1] == "gradcam"  # nothing changed, no parentheses
+    assert rows[0][2] == "cnn3d (channels=16,32, head=x-b, input_size=64)"
+
+
+def test_changed_options_must_agree_with_options(tmp_path):
+    from wsbench.validate import validate_results
+
+    data = make_results("gradcam", "cnn3d", quality=0.8)
+    data["plugins"]["predictor"]["changed_options"] = {"a": 2}
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(data))
+    assert any("changed_options.a" in s and "disagrees" in s for s in validate_results(p))
+    data["plugins"]["predictor"]["changed_options"] = {"a": 1}
+    p.write_text(json.dumps(data))
+    assert validate_results(p) == []

@@ -52,3 +52,11 @@ def test_bad_options_name_valid_ones(bad, needle):
 def test_describe():
     d = {x["name"]: x for x in describe_options(Dummy.Options)}
     assert d["loss"]["choices"] == ("logit", "bce") and d["steps"]["type"] == "int"
+
+
+def test_changed_options_are_the_non_defaults_after_coercion():
+    assert Dummy().changed_options() == {}
+    # "0.3" coerces to the default and is not a change; a tuple compares as its list form
+    d = Dummy({"t0": "0.3", "steps": "4", "sigmas": "1,2"})
+    assert d.changed_options() == {"steps": 4}
+    assert Dummy({"sigmas": "1,3"}).changed_options() == {"sigmas": [1.0, 3.0]}

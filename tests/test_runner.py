@@ -85,6 +85,7 @@ def test_same_seed_same_metrics(testkit, tmp_path):
     a = run(RunConfig(out_dir=str(tmp_path / "a"), **cfg))
     b = run(RunConfig(out_dir=str(tmp_path / "b"), **cfg))
     assert _metrics(a) == _metrics(b)
+    assert a["plugins"]["segmenter"]["changed_options"] == {"noise": 0.2}  # what a leaderboard row shows
     c = run(RunConfig(out_dir=str(tmp_path / "c"), **{**cfg, "seed": 2}))
     assert _metrics(a) != _metrics(c)
 

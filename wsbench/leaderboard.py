@@ -48,7 +48,9 @@ or failed prediction scored as the worst case, never dropped).
 median, median symmetric mean surface distance (MSD, mm), median HD95 (mm), failed / empty
 predictions, seconds per case (the submitter's hardware, see the file's `device`). *Init* is the
 predictor's initialisation from its provenance: `pretrained` (weights from a file) or `scratch`
-(trained only on the benchmark's training split). Rows are ranked by mean Dice.
+(trained only on the benchmark's training split). A plugin cell lists, in parentheses, the
+options the submitter changed from that plugin's defaults (`changed_options`; files made before
+this field existed show the name only). Rows are ranked by mean Dice.
 
 **Verified** (✓) means the submitted file validates (`wsbench validate`: schema, per-case
 records that recompute the stored aggregates, the benchmark's case count and dataset
@@ -110,6 +112,22 @@ def _cell(s: Any) -> str:
     return sanitize_name(s, default="–")
 
 
+def _plugin_cell(block: dict[str, Any] | None) -> str:
+    """``name`` or ``name (key=value, …)`` with the options the submitter changed from the plugin's
+    defaults (``changed_options``; older result files lack it), each part sanitised like a name."""
+    if not block:
+        return _cell(None)
+    changed = block.get("changed_options") or {}
+
+    def value(v: Any) -> str:
+        if isinstance(v, (list, tuple)):
+            return ",".join(sanitize_name(x, default="") for x in v)
+        return sanitize_name(v, default="")
+
+    parts = [f"{sanitize_name(k)}={value(v)}" for k, v in sorted(changed.items())]
+    return _cell(block["name"]) + (f" ({', '.join(parts)})" if parts else "")
+
+
 def _fmt(v: float | None, digits: int = 3) -> str:
     return "–" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
@@ -152,9 +170,9 @@ def _row(path: Path, data: dict[str, Any], verified: bool) -> Row:
     ci = _stat(agg, "dice", "ci95")
     return Row(
         file=path,
-        segmenter=_cell(pl["segmenter"]["name"]),
-        predictor=_cell(pred["name"] if pred else None),
-        generator=_cell(pl["generator"]["name"] if pl.get("generator") else None),
+        segmenter=_plugin_cell(pl["segmenter"]),
+        predictor=_plugin_cell(pred),
+        generator=_plugin_cell(pl.get("generator")),
         init=_cell(init),
         dice_mean=float(_stat(agg, "dice", "mean")),
         dice_ci=(float(ci[0]), float(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2

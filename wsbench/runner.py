@@ -94,7 +94,8 @@ def resolve_device(device: str) -> torch.device:
 def _plugin_record(plugin, info, ckpt: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "name": plugin.name, "distribution": info.distribution, "version": info.version,
-        "options": plugin.options_dict(), "provenance": plugin.provenance(),
+        "options": plugin.options_dict(), "changed_options": plugin.changed_options(),
+        "provenance": plugin.provenance(),
         "training": (ckpt or {}).get("training"), "checkpoint_sha256": (ckpt or {}).get("sha256"),
     }
 

@@ -282,7 +282,16 @@ def _check_plugin(problems: list[str], block: Any, role: str) -> None:
         v = _need(problems, block, k, str, where)
         if v is not None and (p := check_name(v, f"{role} {k}")):
             problems.append(p)
-    _need(problems, block, "options", dict, where)
+    opts = _need(problems, block, "options", dict, where)
+    changed = block.get("changed_options")  # optional (older files lack it): the non-default options
+    if changed is not None:
+        if not isinstance(changed, dict):
+            problems.append(f"'{where}changed_options' must be an object, got {_short(changed)}")
+        elif isinstance(opts, dict):
+            for k, v in changed.items():
+                if k not in opts or opts[k] != v:
+                    problems.append(f"'{where}changed_options.{k}' = {_short(v)} disagrees with "
+                                    f"'{where}options.{k}' = {_short(opts.get(k))}")
     _need(problems, block, "provenance", dict, where)
     _need(problems, block, "training", (dict, type(None)), where)
     _need(problems, block, "checkpoint_sha256", (str, type(None)), where)

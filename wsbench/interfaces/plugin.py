@@ -37,6 +37,12 @@ class Plugin:
     def options_dict(self) -> dict[str, Any]:
         return options_to_dict(self.options)
 
+    def changed_options(self) -> dict[str, Any]:
+        """The options whose value differs from the plugin's default (recorded in results, so a
+        leaderboard row can say e.g. ``medsam (input_size=64)`` without knowing the defaults)."""
+        defaults = options_to_dict(parse_options(type(self), None))
+        return {k: v for k, v in self.options_dict().items() if defaults.get(k) != v}
+
     def provenance(self) -> dict[str, Any]:
         """Where this plugin's weights came from, e.g. ``{"init": "pretrained", "weights":
         "/path/file.pth", "sha256": "…"}`` or ``{"init": "scratch"}``. Recorded in results."""
