@@ -14,6 +14,7 @@ Usage::
     python benchmarks/flow_guide_sweep.py --quick                 # 7 configurations, 8 cases
     python benchmarks/flow_guide_sweep.py                         # 22 configurations, all cases
     python benchmarks/flow_guide_sweep.py --predictor radimgnet --device cuda
+    python benchmarks/flow_guide_sweep.py --quick -o generator.steps=2000   # a longer-trained flow
     python benchmarks/flow_guide_sweep.py --config "t0=0.4,scale=0.2" --config "inversion=noise,n_seeds=8"
 
 The per-case seed is ``derive_seed(seed, case_id)``, as in the runner, so a configuration
@@ -101,6 +102,9 @@ def main(argv=None) -> int:
     ap.add_argument("--config", action="append", default=[], metavar="K=V,...",
                     help="extra configuration (repeatable); with --only, the only ones run")
     ap.add_argument("--only", action="store_true", help="run only the --config configurations")
+    ap.add_argument("-o", "--option", action="append", default=[], metavar="ROLE.KEY=VALUE",
+                    help="predictor / generator option, as in `wsbench run` (e.g. -o generator.steps=2000); "
+                         "part of the output folder's name")
     ap.add_argument("--out", default=str(ROOT / "results" / "sweep-flow-guide"))
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -115,6 +119,11 @@ def main(argv=None) -> int:
     from wsbench.seeding import derive_seed, seed_everything
     from wsbench.segmenters import FlowGuideSegmenter, ReconstructionSegmenter
 
+    from wsbench.cli import parse_kv_options
+
+    plugin_opts = parse_kv_options(tuple(args.option))
+    if "segmenter" in plugin_opts:
+        raise SystemExit("-o segmenter.*: give flow-guide settings with --config K=V,... instead")
     grid = [] if args.only else list(QUICK_GRID if args.quick else FULL_GRID)
     grid += [parse_config(c) for c in args.config]
     if not grid:
@@ -131,10 +140,11 @@ def main(argv=None) -> int:
 
     cfg = RunConfig(segmenter="flow-guide", predictor=args.predictor, generator=args.generator,
                     benchmark=args.benchmark, seed=args.seed, device=args.device, limit=args.limit,
-                    progress=not args.no_progress)
+                    options=plugin_opts, progress=not args.no_progress)
     s = build_session(cfg)
+    okey = ("--o" + hashlib.sha256(json.dumps(plugin_opts, sort_keys=True).encode()).hexdigest()[:6]) if plugin_opts else ""
     root = Path(args.out) / s.benchmark.name / (
-        f"{args.predictor}--{args.generator}--seed{args.seed}" + (f"-limit{args.limit}" if args.limit else ""))
+        f"{args.predictor}--{args.generator}--seed{args.seed}" + (f"-limit{args.limit}" if args.limit else "") + okey)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
     with Progress(enabled=not args.no_progress) as progress:
@@ -196,7 +206,8 @@ def main(argv=None) -> int:
                      for r in ranked],
                     headers=["configuration", "val mean Dice", "fitted rule", "s/patch"], tablefmt="github")
     head = (f"flow-guide sweep — {s.benchmark.name} validation, {len(cases)} cases, predictor {args.predictor}, "
-            f"generator {args.generator}, seed {args.seed}, device {s.device}\n"
+            f"generator {args.generator}, seed {args.seed}, device {s.device}"
+            + (f", options {json.dumps(plugin_opts, sort_keys=True)}" if plugin_opts else "") + "\n"
             f"defaults: {json.dumps(defaults)}")
     print(head)
     print(text)

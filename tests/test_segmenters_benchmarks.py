@@ -165,3 +165,20 @@ def test_flow_guide_sweep_validation_only(toy_env, capsys):
     assert by[0.1] > 0.3 and by[0.0] > 0.3
     # the test split is never segmented by the sweep
     assert not list((toy_env / "sweep").rglob("test-*"))
+
+
+def test_segmenters_benchmark_plugin_options(toy_env, capsys):
+    """-o PLUGIN.KEY=VALUE reaches that plugin only, names its own run folder and is recorded."""
+    import json
+
+    bench = _load_script("segmenters")
+    base = ["--benchmark", "toy-bench", "--segmenters", "hu-threshold", "--device", "cpu", "--limit", "2",
+            "--out", str(toy_env / "opts"), "--no-progress"]
+    assert bench.main(base) == 0
+    assert bench.main(base + ["-o", "hu-threshold.sigma=0", "-o", "toy-cnn.unused=1"]) == 0
+    runs = sorted(p.parent for p in (toy_env / "opts" / "toy-bench").rglob("results.json"))
+    assert len(runs) == 2  # the option gave the second run its own folder
+    changed = [json.loads((r / "results.json").read_text())["plugins"]["segmenter"]["changed_options"] for r in runs]
+    assert sorted(changed, key=len) == [{}, {"sigma": 0.0}]
+    with pytest.raises(Exception, match="PLUGIN.KEY=VALUE"):
+        bench.main(base + ["-o", "sigma=0"])
