@@ -122,16 +122,18 @@ def guidance_gradient(z: torch.Tensor, t: torch.Tensor, predictor, generator, *,
     return g.detach()
 
 
-def counterfactual_maps(x: torch.Tensor, generator, predictor=None, *, t0: float, steps: int,
-                        guided_steps: int = 0, scale: float = 0.0, recurrences: int = 1, loss: str = "logit",
-                        gradient: str = "unet", normalize: bool = True, inversion: str = "ode",
-                        reference: str = "input", n_seeds: int = 1, smoothing: float = 0.0) -> torch.Tensor:
-    """Score maps ``(B, D, H, W)`` of the (guided) flow counterfactual of ``x`` ``(B, 1, D, H, W)``.
+def counterfactuals(x: torch.Tensor, generator, predictor=None, *, t0: float, steps: int,
+                    guided_steps: int = 0, scale: float = 0.0, recurrences: int = 1, loss: str = "logit",
+                    gradient: str = "unet", normalize: bool = True, inversion: str = "ode",
+                    reference: str = "input", n_seeds: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoded (guided) results and their references, ``(n_seeds·B, C, D, H, W)`` each.
 
-    ``predictor`` may be ``None`` only when ``scale == 0`` or ``guided_steps == 0`` (``recon``).
-    Edge cases: ``t0`` in ``(0, 1]``; ``reference="unguided"`` without guidance gives zeros.
+    Row ``s·B + i`` is noise draw ``s`` of patch ``i`` of ``x`` ``(B, C, D, H, W)``. The
+    reference is ``x`` itself (``reference="input"``) or the unguided result from the same
+    starting state (``"unguided"``). ``predictor`` may be ``None`` only when ``scale == 0`` or
+    ``guided_steps == 0`` (no guidance). Used by :func:`counterfactual_maps` and by diagnostics
+    that score the counterfactual itself (e.g. the predictor's logit on it).
     """
-    b = x.shape[0]
     guided = predictor is not None and scale != 0 and guided_steps > 0
     xb = x.repeat(n_seeds, *([1] * (x.dim() - 1))) if n_seeds > 1 else x
     with torch.no_grad():
@@ -158,9 +160,27 @@ def counterfactual_maps(x: torch.Tensor, generator, predictor=None, *, t0: float
     out = generator.generate(start, t0, steps, step_hook=hook)
     with torch.no_grad():
         dec = generator.decode(out)
-        ref = dec[n:] if two else xb
-        diff = (dec[:n] - ref).abs().mean(1)  # (n, D, H, W)
-        maps = diff.reshape(n_seeds, b, *diff.shape[1:]).mean(0)
+        return dec[:n], (dec[n:] if two else xb)
+
+
+def counterfactual_maps(x: torch.Tensor, generator, predictor=None, *, smoothing: float = 0.0,
+                        n_seeds: int = 1, **kwargs) -> torch.Tensor:
+    """Score maps ``(B, D, H, W)`` of the (guided) flow counterfactual of ``x`` ``(B, 1, D, H, W)``:
+    ``|guided − reference|`` averaged over channels and ``n_seeds`` draws, then smoothed.
+
+    ``kwargs`` are :func:`counterfactuals`' (t0, steps, guided_steps, scale, …).
+    Edge cases: ``t0`` in ``(0, 1]``; ``reference="unguided"`` without guidance gives zeros.
+    """
+    guided, ref = counterfactuals(x, generator, predictor, n_seeds=n_seeds, **kwargs)
+    return difference_maps(guided, ref, x.shape[0], smoothing)
+
+
+def difference_maps(guided: torch.Tensor, ref: torch.Tensor, batch: int, smoothing: float = 0.0) -> torch.Tensor:
+    """``|guided − ref|`` of :func:`counterfactuals`' output, averaged over channels and the noise
+    draws of each of the ``batch`` patches, then Gaussian-smoothed → ``(batch, D, H, W)``."""
+    with torch.no_grad():
+        diff = (guided - ref).abs().mean(1)  # (n_seeds·B, D, H, W)
+        maps = diff.reshape(-1, batch, *diff.shape[1:]).mean(0)
         return finite(gaussian_smooth(maps, smoothing))
 
 
