@@ -10,8 +10,9 @@ then averaged:
   highest-scoring voxels that lie inside the truth mask; ``mass inside``: the share of the
   map's total score inside the mask;
 * **binarisation** — ``fitted Dice``: the benchmark's rule fitted on these cases (what
-  ``wsbench run`` would use); ``oracle Dice``: each case's best threshold (an upper bound no
-  method may use; a large gap to ``fitted`` means the rule, not the map, loses Dice);
+  ``wsbench run`` would use); ``oracle Dice``: the same rule fitted on each case alone (its best threshold: an upper
+  bound no method may use; a large gap to ``fitted`` means the shared threshold, not the map,
+  loses Dice);
 * **guidance** (flow-guide only) — the predictor's mean logit on the input, on the unguided
   and on the guided result (does the guided counterfactual actually read "no nodule"?), and
   ``heal ratio``: mean |guided − input| inside the mask over outside (> 1 = the change is on
@@ -61,16 +62,13 @@ def mass_inside(score: np.ndarray, mask: np.ndarray) -> float:
     return float(s[mask].sum()) / tot if tot > 0 else float("nan")
 
 
-def oracle_dice(score: np.ndarray, mask: np.ndarray, n: int = 128) -> float:
-    """Best Dice over ``n`` thresholds at the map's quantiles (a per-case upper bound)."""
-    best = 0.0
-    t_sum = int(mask.sum())
-    for thr in np.unique(np.quantile(score, np.linspace(0.0, 1.0, n, endpoint=False))):
-        p = score > thr
-        inter = int((p & mask).sum())
-        d = 2.0 * inter / (int(p.sum()) + t_sum) if (p.any() or t_sum) else 1.0
-        best = max(best, d)
-    return best
+def oracle_dice(rule: str, options: dict, score: np.ndarray, mask: np.ndarray) -> float:
+    """Dice of the benchmark's binarisation rule fitted on this one case alone — the case's best
+    threshold with the rule's own normalisation and component selection: an upper bound for any
+    threshold shared across cases."""
+    from wsbench import binarize
+
+    return float(binarize.fit_binarizer(rule, options, [score], [mask]).validation_mean_dice)
 
 
 def _fmt(v) -> str:
@@ -166,7 +164,8 @@ def main(argv=None) -> int:
                 for name, mp in (("flow-guide", fmap), (args.baseline, bmap)):
                     maps[name].append(mp)
                     rec[name] = {"topk_precision": topk_precision(mp, m), "mass_inside": mass_inside(mp, m),
-                                 "oracle_dice": oracle_dice(mp, m)}
+                                 "oracle_dice": oracle_dice(s.benchmark.binarization_rule,
+                                                            s.benchmark.binarization_options, mp, m)}
                 results["cases"].append(rec)
                 task.advance(1)
         t0_err = reconstruction_errors(s.generator, np.stack([c.image for c in cases]), t0=o.t0, steps=o.steps,

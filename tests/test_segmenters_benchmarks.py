@@ -209,7 +209,7 @@ def test_diagnosis_measures():
     m[1:3, 1:3, 1:3] = True
     perfect = m.astype(float)
     assert diag.topk_precision(perfect, m) == 1.0 and diag.mass_inside(perfect, m) == 1.0
-    assert diag.oracle_dice(perfect, m) == 1.0
+    assert diag.oracle_dice("val-dice-threshold", {}, perfect, m) == 1.0
     inverted = 1.0 - perfect
     assert diag.topk_precision(inverted, m) == 0.0 and diag.mass_inside(inverted, m) == 0.0
-    assert diag.oracle_dice(inverted, m) < 0.3
+    assert diag.oracle_dice("val-dice-threshold", {}, inverted, m) < 0.3
