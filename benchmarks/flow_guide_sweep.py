@@ -216,10 +216,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from wsbench.errors import WsbenchError
+    from wsbench.errors import exit_with_one_line
 
-    try:
-        sys.exit(main())
-    except WsbenchError as e:  # bad input or configuration: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_with_one_line(main)

@@ -209,4 +209,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from wsbench.errors import exit_with_one_line
+
+    exit_with_one_line(main)

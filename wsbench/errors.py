@@ -19,3 +19,16 @@ class PluginNotFound(WsbenchError):
 
 class DataError(WsbenchError):
     """Missing or malformed input data (a file, a CSV row, a volume)."""
+
+
+def exit_with_one_line(main) -> None:
+    """Run a script's ``main()`` and exit with its status; a :class:`WsbenchError` (bad input or
+    configuration) becomes ``error: …`` on stderr and status 2, without a traceback — the
+    same contract as the ``wsbench`` CLI, for the scripts in ``benchmarks/``."""
+    import sys
+
+    try:
+        sys.exit(main())
+    except WsbenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
