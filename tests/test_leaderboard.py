@@ -207,3 +207,17 @@ def test_changed_options_must_agree_with_options(tmp_path):
     data["plugins"]["predictor"]["changed_options"] = {"a": 1}
     p.write_text(json.dumps(data))
     assert validate_results(p) == []
+
+
+def test_changed_options_get_their_own_submission_file(tmp_path):
+    """A non-default configuration (e.g. a longer-trained flow) never overwrites the default row."""
+    from wsbench.validate import submission_name
+
+    default = make_results("flow-guide", "cnn3d", "rflow", quality=0.8)
+    longer = copy.deepcopy(default)
+    longer["plugins"]["generator"]["changed_options"] = {"steps": 2000}
+    assert submission_name(default) == "flow-guide--cnn3d--rflow--seed0.json"
+    name = submission_name(longer)
+    assert name.startswith("flow-guide--cnn3d--rflow--seed0--o") and name.endswith(".json") and name != submission_name(default)
+    longer["plugins"]["generator"]["changed_options"] = {"steps": 4000}
+    assert submission_name(longer) != name

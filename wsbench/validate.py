@@ -42,6 +42,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import re
@@ -109,10 +110,21 @@ def _plugin_name(data: Mapping[str, Any], role: str) -> str | None:
 
 
 def submission_name(data: Mapping[str, Any]) -> str:
-    """File name of a submission: ``<segmenter>--<predictor>--<generator>--seed<N>.json``."""
-    parts = [sanitize_name(_plugin_name(data, r)) for r in ("segmenter", "predictor", "generator")]
+    """File name of a submission: ``<segmenter>--<predictor>--<generator>--seed<N>[--o<hash>].json``.
+
+    The ``--o<hash>`` suffix (6 hex digits of the sorted JSON of every plugin's
+    ``changed_options``) appears only when some option differs from its default, so a run with
+    e.g. a longer-trained flow never overwrites the default configuration's row.
+    """
+    roles = ("segmenter", "predictor", "generator")
+    parts = [sanitize_name(_plugin_name(data, r)) for r in roles]
     seed = data.get("seed")
     parts.append(f"seed{int(seed)}" if isinstance(seed, int) and not isinstance(seed, bool) else "seed-none")
+    plugs = data.get("plugins") if isinstance(data.get("plugins"), dict) else {}
+    changed = {r: plugs[r].get("changed_options") for r in roles
+               if isinstance(plugs.get(r), dict) and plugs[r].get("changed_options")}
+    if changed:
+        parts.append("o" + hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:6])
     return "--".join(parts) + ".json"
 
 
