@@ -1,9 +1,10 @@
-"""Why flow-guide scores what it scores: a validation-split diagnosis next to a CAM baseline.
+"""Why flow-guide scores what it scores: a validation-split diagnosis next to baselines.
 
 The issue's question — when flow-guide trails the best CAM method, is it the generator, the
 guidance or the binarisation? — answered with numbers on the VALIDATION cases only (the test
 split is never touched). For flow-guide (the segmenter's defaults, or ``--config``) and a
-baseline segmenter (``--baseline``, default ``gradcam``) with the same predictor, per case and
+few baseline segmenters (``--baselines``, default ``gradcam,saliency``: the best CAM method and
+the raw input gradient flow-guide's guidance starts from) with the same predictor, per case and
 then averaged:
 
 * **localisation, threshold-free** — ``top-k precision``: the fraction of the ``k = |truth|``
@@ -82,7 +83,8 @@ def main(argv=None) -> int:
     ap.add_argument("--benchmark", default="luna16-synth")
     ap.add_argument("--predictor", default="cnn3d")
     ap.add_argument("--generator", default="rflow")
-    ap.add_argument("--baseline", default="gradcam", help="segmenter to compare with (needs only the predictor)")
+    ap.add_argument("--baselines", default="gradcam,saliency",
+                    help="comma-separated segmenters to compare with (predictor-only methods)")
     ap.add_argument("--config", default="", metavar="K=V,...", help="flow-guide options (default: its defaults)")
     ap.add_argument("-o", "--option", action="append", default=[], metavar="ROLE.KEY=VALUE",
                     help="predictor / generator option, as in `wsbench run` (e.g. -o generator.steps=2000)")
@@ -109,10 +111,13 @@ def main(argv=None) -> int:
         raise WsbenchError("-o segmenter.*: give flow-guide settings with --config K=V,...")
     fg_over = dict(kv.split("=", 1) for kv in args.config.split(",") if kv.strip()) if args.config else {}
     fg = FlowGuideSegmenter(fg_over)
-    base_cls = plugins.get_registry().get("segmenter", args.baseline).cls
-    if base_cls.needs_generator:
-        raise WsbenchError(f"--baseline {args.baseline} needs a generator; pick a predictor-only method (e.g. gradcam)")
-    base = base_cls()
+    bases = {}
+    for name in [n.strip() for n in args.baselines.split(",") if n.strip()]:
+        cls = plugins.get_registry().get("segmenter", name).cls
+        if cls.needs_generator:
+            raise WsbenchError(f"--baselines: {name} needs a generator; pick predictor-only methods (e.g. gradcam)")
+        bases[name] = cls()
+    methods = ["flow-guide", *bases]
 
     cfg = RunConfig(segmenter="flow-guide", predictor=args.predictor, generator=args.generator,
                     benchmark=args.benchmark, seed=args.seed, device=args.device, limit=args.limit,
@@ -121,13 +126,14 @@ def main(argv=None) -> int:
     o = fg.options
     results: dict = {"benchmark": s.benchmark.name, "predictor": args.predictor, "generator": args.generator,
                      "plugin_options": plugin_opts, "flow_guide_options": fg.options_dict(),
-                     "baseline": args.baseline, "seed": args.seed, "device": str(s.device), "cases": []}
+                     "baselines": list(bases), "seed": args.seed, "device": str(s.device), "cases": []}
     with Progress(enabled=not args.no_progress) as progress:
         prepare(s, progress)
         train_or_load(s, "predictor", progress)
         train_or_load(s, "generator", progress)
         fg.to(s.device)
-        base.to(s.device)
+        for b in bases.values():
+            b.to(s.device)
         cases = []
         for c in s.dataset.cases("validation", s.benchmark.geometry):
             if args.limit is not None and len(cases) >= args.limit:
@@ -135,7 +141,7 @@ def main(argv=None) -> int:
             cases.append(c)
         if not cases:
             raise WsbenchError("the validation split has no cases")
-        maps = {"flow-guide": [], args.baseline: []}
+        maps = {m: [] for m in methods}
         masks = []
         with progress.task("diagnosis", total=len(cases)) as task:
             for case in cases:
@@ -150,8 +156,10 @@ def main(argv=None) -> int:
                     inversion=o.inversion, reference=o.reference, n_seeds=o.n_seeds)
                 fmap = difference_maps(guided, ref, 1, o.smoothing)[0].float().cpu().numpy()
                 fg_s = time.perf_counter() - t
-                seed_everything(derive_seed(args.seed, case.case_id))
-                bmap = base.segment(x, s.predictor)[0].detach().float().cpu().numpy()
+                case_maps = {"flow-guide": fmap}
+                for name, b in bases.items():
+                    seed_everything(derive_seed(args.seed, case.case_id))
+                    case_maps[name] = b.segment(x, s.predictor)[0].detach().float().cpu().numpy()
                 with torch.no_grad():
                     lg = lambda v: float(s.predictor.logits(v).float().mean())  # noqa: E731
                     g_np = guided.float().cpu().numpy()[:, 0]
@@ -161,7 +169,7 @@ def main(argv=None) -> int:
                            "heal_ratio": float(np.abs(g_np - case.image[None])[:, m].mean()
                                                / max(np.abs(g_np - case.image[None])[:, ~m].mean(), 1e-12)),
                            "flow_guide_seconds": fg_s}
-                for name, mp in (("flow-guide", fmap), (args.baseline, bmap)):
+                for name, mp in case_maps.items():
                     maps[name].append(mp)
                     rec[name] = {"topk_precision": topk_precision(mp, m), "mass_inside": mass_inside(mp, m),
                                  "oracle_dice": oracle_dice(s.benchmark.binarization_rule,
@@ -171,7 +179,7 @@ def main(argv=None) -> int:
         t0_err = reconstruction_errors(s.generator, np.stack([c.image for c in cases]), t0=o.t0, steps=o.steps,
                                        seed=args.seed)
     rows, summary = [], {}
-    for name in ("flow-guide", args.baseline):
+    for name in methods:
         b = binarize.fit_binarizer(s.benchmark.binarization_rule, s.benchmark.binarization_options, maps[name], masks)
         per = [c[name] for c in results["cases"]]
         summary[name] = {k: float(np.nanmean([p[k] for p in per])) for k in ("topk_precision", "mass_inside",
@@ -200,7 +208,7 @@ def main(argv=None) -> int:
                            f"re-noise error @t0={q['t0']}"], tablefmt="github")
     text = f"{head}\n\n{t1}\n\n{t2}"
     print(text)
-    key = hashlib.sha256(json.dumps([plugin_opts, fg.options_dict(), args.baseline, args.limit],
+    key = hashlib.sha256(json.dumps([plugin_opts, fg.options_dict(), list(bases), args.limit],
                                     sort_keys=True).encode()).hexdigest()[:8]
     out = Path(args.out) / s.benchmark.name / f"{args.predictor}--{args.generator}--seed{args.seed}--{key}"
     out.mkdir(parents=True, exist_ok=True)

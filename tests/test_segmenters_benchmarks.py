@@ -197,7 +197,7 @@ def test_flow_guide_diagnosis_runs_on_validation(toy_env, capsys):
     d = json.loads(next((toy_env / "diag").rglob("diagnosis.json")).read_text())
     assert len(d["cases"]) == 3 and all(c["case_id"].startswith("validation-") for c in d["cases"])
     s = d["summary"]
-    for name in ("flow-guide", "gradcam"):
+    for name in ("flow-guide", "gradcam", "saliency"):
         assert 0 <= s[name]["topk_precision"] <= 1 and s[name]["fitted_dice"] <= s[name]["oracle_dice"] + 1e-9
     # guidance lowers the predictor's logit on the counterfactual, relative to the unguided result
     assert s["guidance"]["logit_guided"] < s["guidance"]["logit_unguided"]
