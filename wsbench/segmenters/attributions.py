@@ -60,7 +60,8 @@ class SaliencySegmenter(Segmenter):
 
         _require(predictor, self.name)
         with torch.enable_grad():
-            attr = Saliency(predictor.logits).attribute(x.detach().clone(), abs=True)
+            # an input that already requires grad keeps captum from warning on every call
+            attr = Saliency(predictor.logits).attribute(x.detach().clone().requires_grad_(True), abs=True)
         return _reduce(attr.detach(), "abs")
 
 
