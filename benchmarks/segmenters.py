@@ -293,6 +293,8 @@ def main(argv=None) -> int:
     out = Path(args.out) / args.benchmark
     out.mkdir(parents=True, exist_ok=True)
     tag = f"summary-seed{args.seed}" + (f"-limit{args.limit}" if args.limit else "")
+    if args.plugin_options:  # a differently-configured table must not overwrite the default one
+        tag += "--o" + hashlib.sha256(json.dumps(args.plugin_options, sort_keys=True).encode()).hexdigest()[:6]
     (out / f"{tag}.json").write_text(json.dumps(rows, indent=1, default=float))
     (out / f"{tag}.md").write_text(text + "\n")
     if args.submit:
