@@ -63,11 +63,15 @@ been rerun.
 `python benchmarks/segmenters.py --predictors cnn3d,radimgnet --with-plugins --submit`.
 `cam` needs a global-average-pooling head, so its rows use the predictor with `head=gap`
 (recorded in the file's predictor options). The `medsam` rows ran on a 2-core CPU, so at
-`input_size=64` instead of LiteMedSAM's native 256 (4× fewer pixels per side; shown in the
-cell): `python benchmarks/segmenters.py --predictors medsam -o medsam.input_size=64 --submit`;
-on a GPU drop the `-o` to run it as intended. Rows whose generator cell says `rflow (steps=2000,
-…)` use a flow trained 5× longer than the default 400 steps (same command with
-`-o rflow.steps=2000 -o rflow.warmup=100`).
+`input_size=64` instead of LiteMedSAM's native 256 (shown in the cell), made by
+`python benchmarks/segmenters.py --predictors medsam -o medsam.input_size=64 --segmenters
+cam,gradcam,gradcam++,xgradcam,layercam,hirescam,saliency,flow-guide --submit` and the same
+with `--segmenters ig -o ig.internal_batch_size=4` (memory only; the attribution is the same);
+`occlusion` × `medsam` (~140 s per patch here) was not run. On a GPU drop `-o
+medsam.input_size=64` to run MedSAM as intended. Rows whose generator cell says `rflow
+(steps=2000, warmup=100)` use a flow trained 5× longer than the default 400 steps:
+`python benchmarks/segmenters.py --segmenters flow-guide,recon --predictors cnn3d,radimgnet
+-o rflow.steps=2000 -o rflow.warmup=100 --submit`.
 
 **Submitting.** Package your method as a plugin (copy the template in `plugins/`, see
 CONTRIBUTING.md), run the full benchmark (no `--limit`), check and file the result, rebuild
