@@ -53,6 +53,19 @@ predictor: 0.517. Eight cases is thin evidence: rerun the sweep (full grid) when
 predictors or generators change. The issue asked for ODE inversion as the default; the sweep
 chose re-noising (which is also ~2x cheaper per seed: no inversion pass).
 
+Why flow-guide trails Grad-CAM here (``benchmarks/flow_guide_diagnosis.py``, 16 validation
+cases, cnn3d, default options): not the guidance — the predictor's mean logit on the guided
+result is −3.8 against +1.2 unguided (+1.9 on the input), and the mean change inside the
+nodule is 7.9× that outside; not the binarisation — the shared validation threshold costs
+flow-guide 0.08 Dice against each case's own best threshold and Grad-CAM 0.09; and not,
+within CPU reach, the flow's training length — 2,000 instead of 400 steps lowered the
+re-noise error at t0 = 0.3 from 0.027 to 0.023 but moved validation Dice from 0.348 to 0.320
+(the quick sweep's default 0.425 → 0.411). What differs is localisation: 0.40 of flow-guide's
+top-|truth| voxels lie in the nodule against 0.50 for Grad-CAM, because a small, diffuse
+change is spread over the whole patch (the guidance gradient's high-frequency part and the
+divergence it causes between the guided and unguided paths), while a CAM map is zero wherever
+the coarse features are silent.
+
 Works with any :class:`~wsbench.interfaces.Generator` (pixel or latent) and any
 :class:`~wsbench.interfaces.Predictor` (3-D or 2-D slices); everything stays on ``x.device``.
 Cost per patch: ``steps`` velocity evaluations for inversion (ODE) + ``steps`` for generation
