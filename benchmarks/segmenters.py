@@ -251,10 +251,10 @@ def submit(rows: list[dict], args) -> None:
     for r in rows:
         if "error" in r or not r.get("complete"):
             continue
-        res = subprocess.run(["wsbench", "leaderboard", "submit", "--force", str(Path(r["out"]) / "results.json")],
+        res = subprocess.run([sys.executable, "-m", "wsbench", "leaderboard", "submit", "--force", str(Path(r["out"]) / "results.json")],
                              capture_output=True, text=True)
         print((res.stdout + res.stderr).strip(), file=sys.stderr)
-    subprocess.run(["wsbench", "leaderboard", "build"], check=True)
+    subprocess.run([sys.executable, "-m", "wsbench", "leaderboard", "build"], check=True)
 
 
 def main(argv=None) -> int:
