@@ -67,8 +67,9 @@ been rerun.
 `python benchmarks/segmenters.py --predictors medsam -o medsam.input_size=64 --segmenters
 cam,gradcam,gradcam++,xgradcam,layercam,hirescam,saliency,flow-guide --submit` and the same
 with `--segmenters ig -o ig.internal_batch_size=4` (memory only; the attribution is the same);
-`occlusion` × `medsam` was not run (80 s per patch here even at stride 8,
-~7 min at the default stride 4). On a GPU drop `-o
+`occlusion` × `medsam` used `-o occlusion.stride=8` (47 s per patch here; the default
+stride 4 has 5× more windows). Its first 3 validation maps ran with 1 torch thread, the rest
+with 2. On a GPU drop `-o
 medsam.input_size=64` to run MedSAM as intended. Rows whose generator cell says `rflow
 (steps=2000, warmup=100)` use a flow trained 5× longer than the default 400 steps:
 `python benchmarks/segmenters.py --segmenters flow-guide,recon --predictors cnn3d,radimgnet
