@@ -101,6 +101,7 @@ def main(argv=None) -> int:
     from wsbench.cli import parse_kv_options
     from wsbench.errors import WsbenchError
     from wsbench.generators.quality import reconstruction_errors
+    from wsbench.options import parse_assignments
     from wsbench.progress import Progress
     from wsbench.runner import RunConfig, build_session, prepare, train_or_load
     from wsbench.seeding import derive_seed, seed_everything
@@ -109,8 +110,7 @@ def main(argv=None) -> int:
     plugin_opts = parse_kv_options(tuple(args.option))
     if "segmenter" in plugin_opts:
         raise WsbenchError("-o segmenter.*: give flow-guide settings with --config K=V,...")
-    fg_over = dict(kv.split("=", 1) for kv in args.config.split(",") if kv.strip()) if args.config else {}
-    fg = FlowGuideSegmenter(fg_over)
+    fg = FlowGuideSegmenter(parse_assignments(args.config))
     bases = {}
     for name in [n.strip() for n in args.baselines.split(",") if n.strip()]:
         cls = plugins.get_registry().get("segmenter", name).cls
@@ -162,12 +162,11 @@ def main(argv=None) -> int:
                     case_maps[name] = b.segment(x, s.predictor)[0].detach().float().cpu().numpy()
                 with torch.no_grad():
                     lg = lambda v: float(s.predictor.logits(v).float().mean())  # noqa: E731
-                    g_np = guided.float().cpu().numpy()[:, 0]
+                    change = np.abs(guided.float().cpu().numpy()[:, 0] - case.image[None])  # (seeds, D, H, W)
                     unguided_logit = lg(ref) if o.reference == "unguided" else None
                     rec = {"case_id": case.case_id, "diameter_mm": case.info.get("diameter_mm"),
                            "logit_input": lg(x), "logit_unguided": unguided_logit, "logit_guided": lg(guided),
-                           "heal_ratio": float(np.abs(g_np - case.image[None])[:, m].mean()
-                                               / max(np.abs(g_np - case.image[None])[:, ~m].mean(), 1e-12)),
+                           "heal_ratio": float(change[:, m].mean() / max(change[:, ~m].mean(), 1e-12)),
                            "flow_guide_seconds": fg_s}
                 for name, mp in case_maps.items():
                     maps[name].append(mp)

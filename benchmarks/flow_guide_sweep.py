@@ -72,17 +72,10 @@ QUICK_GRID = [g for g in FULL_GRID if g[0] in (
 
 
 def parse_config(text: str) -> tuple[str, dict]:
-    """``"t0=0.4,scale=0.2"`` → ``("t0=0.4,scale=0.2", {"t0": "0.4", "scale": "0.2"})`` (values
-    are coerced and validated by the segmenter's Options)."""
-    opts = {}
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        if "=" not in part:
-            raise SystemExit(f"--config {text!r}: expected KEY=VALUE[,KEY=VALUE...], got {part!r}")
-        k, v = part.split("=", 1)
-        opts[k.strip()] = v.strip()
-    return text, opts
+    """``"t0=0.4,scale=0.2"`` → ``("t0=0.4,scale=0.2", {"t0": "0.4", "scale": "0.2"})``."""
+    from wsbench.options import parse_assignments
+
+    return text, parse_assignments(text)
 
 
 def _slug(name: str) -> str:

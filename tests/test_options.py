@@ -60,3 +60,12 @@ def test_changed_options_are_the_non_defaults_after_coercion():
     d = Dummy({"t0": "0.3", "steps": "4", "sigmas": "1,2"})
     assert d.changed_options() == {"steps": 4}
     assert Dummy({"sigmas": "1,3"}).changed_options() == {"sigmas": [1.0, 3.0]}
+
+
+def test_parse_assignments():
+    from wsbench.options import parse_assignments
+
+    assert parse_assignments("t0=0.4, scale=0.2,") == {"t0": "0.4", "scale": "0.2"}
+    assert parse_assignments("") == {}
+    with pytest.raises(OptionError, match="--config 'a=1,b'"):
+        parse_assignments("a=1,b")

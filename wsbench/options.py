@@ -202,3 +202,18 @@ def options_to_dict(opts: Any) -> dict[str, Any]:
             return [conv(x) for x in v]
         return v
     return {k: conv(v) for k, v in dataclasses.asdict(opts).items()}
+
+
+def parse_assignments(text: str, where: str = "--config") -> dict[str, str]:
+    """``"t0=0.4,scale=0.2"`` → ``{"t0": "0.4", "scale": "0.2"}`` (values stay strings: the
+    plugin's typed options coerce and validate them). A part without ``=`` raises
+    :class:`OptionError` naming ``where``."""
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise OptionError(f"{where} {text!r}: expected KEY=VALUE[,KEY=VALUE...], got {part!r}")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
